@@ -1,0 +1,55 @@
+# edgevoice: `make demo` and `make test` work on a fresh Debian 12 as root (or with sudo).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# What the build (PyAudio, systemd-python) and the tests (ALSA file PCM, espeak-ng, sox,
+# systemd-analyze, systemd-journald) need from Debian.
+APT_PACKAGES := portaudio19-dev libsystemd-dev pkg-config gcc python3-dev python3-venv \
+	alsa-utils libasound2-plugins espeak-ng sox systemd
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck pytest bench deps venv clean deb
+
+demo: venv
+	$(PY) -m edgevoice.demo
+
+test: venv lint typecheck pytest
+
+lint: venv
+	$(VENV)/bin/ruff check edgevoice tests benchmarks
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it ran no test: that is a failure here, not a green run.
+pytest: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: venv
+	$(PY) benchmarks/bench_resample.py
+	$(PY) benchmarks/bench_pipeline.py
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+deb:
+	dpkg-buildpackage -us -uc -b
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

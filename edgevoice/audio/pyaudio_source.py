@@ -1,0 +1,413 @@
+"""PortAudio (pyaudio) capture in callback mode.
+
+The PortAudio callback only downmixes the buffer to mono (a few microseconds of numpy) and
+appends it to a bounded deque; when the deque is full the oldest block is dropped and counted.
+It never waits for anything but the deque's lock, which read() holds only to pop.
+
+Failure handling, as the daemon's device policy needs it:
+
+* open() raises ``AudioDeviceError`` with a message naming the device and, when the device is
+  not found, the table of available input devices.
+* read() raises ``AudioDeviceError`` once the stream stopped being active (USB microphone
+  unplugged: PortAudio's ALSA thread ends). Blocks still queued are delivered first.
+* A stall (the stream claims to be active, but no callback for ``stall_after_s``) is only
+  logged and counted in ``stats.stalls``; read() keeps returning None and the daemon's health
+  check decides what to do.
+* close() does stop/close/terminate in a helper thread joined with a timeout: a C call that
+  hangs (an ALSA read that never returns) cannot block shutdown. ``terminate()`` is always
+  called so the next open() initialises PortAudio again and re-enumerates the devices, which
+  is what recovers a re-plugged USB microphone. If a previous close is still hung, open()
+  waits for it (bounded) and otherwise raises, because PortAudio's global state must not be
+  initialised twice concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pyaudio
+
+from edgevoice.audio.alsa_quiet import quiet_stderr
+from edgevoice.audio.devices import DeviceInfo, find_input_device
+from edgevoice.audio.source import CapturedBlock, CaptureStats
+from edgevoice.errors import AudioDeviceError
+
+log = logging.getLogger(__name__)
+
+FALLBACK_RATES = (48000, 44100, 16000)
+_POLL_S = 0.1  # how often a waiting read() checks the stream's health
+
+
+class FormatChecker(Protocol):
+    """The part of ``pyaudio.PyAudio`` used to choose a rate (a seam for tests)."""
+
+    def is_format_supported(
+        self,
+        rate: float,
+        input_device: int | None = None,
+        input_channels: int | None = None,
+        input_format: int | None = None,
+    ) -> bool: ...
+
+
+def _supported(pa: FormatChecker, device: DeviceInfo, rate: int, channels: int) -> bool:
+    try:
+        return bool(
+            pa.is_format_supported(
+                rate,
+                input_device=device.index,
+                input_channels=channels,
+                input_format=pyaudio.paInt16,
+            )
+        )
+    except (ValueError, OSError):  # pyaudio raises ValueError for "not supported"
+        return False
+
+
+def choose_channels(device: DeviceInfo, requested: int | None) -> int:
+    """The configured channel count if the device has it, else min(max input channels, 2)."""
+    if requested is None:
+        return max(1, min(device.max_input_channels, 2))
+    if requested < 1:
+        raise AudioDeviceError(f"audio channels must be at least 1, not {requested}")
+    if requested > device.max_input_channels:
+        raise AudioDeviceError(
+            f"audio device #{device.index} {device.name!r} has {device.max_input_channels} "
+            f"input channel(s); {requested} were configured"
+        )
+    return requested
+
+
+def choose_rate(pa: FormatChecker, device: DeviceInfo, requested: int | None, channels: int) -> int:
+    """Configured rate if supported, else the device default, else 48000/44100/16000."""
+    if requested is not None:
+        if _supported(pa, device, requested, channels):
+            return requested
+        log.warning(
+            "audio device #%d %r does not support %d Hz with %d channel(s); "
+            "falling back to another rate",
+            device.index,
+            device.name,
+            requested,
+            channels,
+        )
+    tried: list[int] = [requested] if requested is not None else []
+    default = round(device.default_sample_rate)
+    for rate in (default, *FALLBACK_RATES):
+        if rate <= 0 or rate in tried:
+            continue
+        tried.append(rate)
+        if _supported(pa, device, rate, channels):
+            return rate
+    raise AudioDeviceError(
+        f"audio device #{device.index} {device.name!r} supports none of "
+        f"{', '.join(str(r) for r in tried)} Hz for 16-bit capture with {channels} channel(s)"
+    )
+
+
+def downmix(raw: npt.NDArray[np.int16], channels: int) -> npt.NDArray[np.int16]:
+    """Interleaved int16 -> mono by averaging (int32 accumulate, floor division)."""
+    if channels == 1:
+        return raw.copy()
+    frames = raw.size // channels
+    total = raw[: frames * channels].reshape(frames, channels).sum(axis=1, dtype=np.int32)
+    return (total // channels).astype(np.int16)
+
+
+# A close() whose helper thread is still hung in PortAudio, so open() must not re-initialise.
+_pending_lock = threading.Lock()
+_pending_close: threading.Thread | None = None
+
+
+def _wait_for_pending_close(timeout: float) -> None:
+    global _pending_close
+    with _pending_lock:
+        pending = _pending_close
+    if pending is None:
+        return
+    pending.join(timeout)
+    if pending.is_alive():
+        raise AudioDeviceError(
+            "PortAudio is still hung closing the previous capture stream; "
+            "it cannot be initialised again until that call returns"
+        )
+    with _pending_lock:
+        if _pending_close is pending:
+            _pending_close = None
+
+
+def _shutdown_portaudio(pa: Any, stream: Any, timeout: float, what: str) -> bool:
+    """Close ``stream`` and terminate ``pa`` in a helper thread; False if it timed out."""
+    global _pending_close
+
+    def work() -> None:
+        try:
+            if stream is not None:
+                stream.close()  # Pa_CloseStream aborts an active stream
+        except Exception as exc:  # noqa: BLE001 - a helper thread must log, not die loudly
+            log.debug("closing the PortAudio stream of %s failed: %s", what, exc)
+        finally:
+            if pa is not None:
+                try:
+                    pa.terminate()
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("terminating PortAudio after %s failed: %s", what, exc)
+
+    thread = threading.Thread(target=work, name="edgevoice-portaudio-close", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning(
+            "closing %s did not finish within %.1f s (hung in PortAudio); "
+            "leaving it behind, the next open() waits for it",
+            what,
+            timeout,
+        )
+        with _pending_lock:
+            _pending_close = thread
+        return False
+    return True
+
+
+class PyAudioSource:
+    """Capture from a PortAudio input device; implements ``AudioSource``."""
+
+    def __init__(
+        self,
+        device: str | int = "default",
+        rate: int | None = None,
+        channels: int | None = None,
+        block_ms: int = 20,
+        queue_s: float = 2.0,
+        *,
+        close_timeout_s: float = 2.0,
+        stall_after_s: float | None = None,
+    ) -> None:
+        if block_ms <= 0:
+            raise ValueError(f"block_ms must be positive, not {block_ms}")
+        if queue_s <= 0:
+            raise ValueError(f"queue_s must be positive, not {queue_s}")
+        self._device = device
+        self._requested_rate = rate
+        self._requested_channels = channels
+        self._block_ms = block_ms
+        self._max_blocks = max(1, math.ceil(queue_s * 1000.0 / block_ms))
+        self._close_timeout_s = close_timeout_s
+        self._stall_after_s = (
+            stall_after_s if stall_after_s is not None else max(0.5, 10 * block_ms / 1000.0)
+        )
+        self.stats = CaptureStats()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[CapturedBlock] = deque()
+        self._pa: Any = None
+        self._stream: Any = None
+        self._info: DeviceInfo | None = None
+        self._rate = rate or 0
+        self._channels = channels or 0
+        self._generation = 0
+        self._opened_at = 0.0
+        self._last_callback = 0.0
+        self._stalled = False
+
+    # -- AudioSource -------------------------------------------------------------------
+
+    @property
+    def rate(self) -> int:
+        """Rate of the delivered blocks: the configured one (or 0) until open() chose it."""
+        return self._rate
+
+    @property
+    def channels(self) -> int:
+        """Channels captured from the device (before the downmix to mono)."""
+        return self._channels
+
+    @property
+    def block_frames(self) -> int:
+        """Frames per PortAudio buffer (block_ms at the chosen rate)."""
+        return max(1, self._rate * self._block_ms // 1000)
+
+    @property
+    def description(self) -> str:
+        info = self._info
+        if info is None:
+            return f"audio device {self._device!r} (not open)"
+        return f"#{info.index} {info.name!r} {self._rate} Hz {self._channels} ch"
+
+    @property
+    def stalled(self) -> bool:
+        """True while no callback arrived for ``stall_after_s`` although the stream is active."""
+        return self._stalled
+
+    @property
+    def last_block_at(self) -> float | None:
+        """time.monotonic() of the last callback, None if none since open()."""
+        return self._last_callback or None
+
+    def open(self) -> None:
+        if self._stream is not None:
+            return
+        _wait_for_pending_close(self._close_timeout_s)
+        with quiet_stderr():
+            try:
+                pa = pyaudio.PyAudio()
+            except OSError as exc:
+                raise AudioDeviceError(f"cannot initialise PortAudio: {exc}") from exc
+            stream: Any = None
+            try:
+                info = find_input_device(pa, self._device)
+                channels = choose_channels(info, self._requested_channels)
+                rate = choose_rate(pa, info, self._requested_rate, channels)
+                frames = max(1, rate * self._block_ms // 1000)
+                with self._cond:
+                    self._generation += 1
+                    self._queue.clear()
+                    self._info, self._rate, self._channels = info, rate, channels
+                    self._last_callback = 0.0
+                    self._stalled = False
+                callback = self._make_callback(self._generation, channels)
+                try:
+                    stream = pa.open(
+                        format=pyaudio.paInt16,
+                        channels=channels,
+                        rate=rate,
+                        input=True,
+                        input_device_index=info.index,
+                        frames_per_buffer=frames,
+                        stream_callback=callback,
+                        start=False,
+                    )
+                    self._opened_at = time.monotonic()
+                    stream.start_stream()
+                except (OSError, ValueError) as exc:
+                    raise AudioDeviceError(
+                        f"cannot open audio input #{info.index} {info.name!r} "
+                        f"at {rate} Hz, {channels} ch: {exc}"
+                    ) from exc
+            except BaseException:
+                _shutdown_portaudio(pa, stream, self._close_timeout_s, self.description)
+                with self._cond:
+                    self._info = None
+                raise
+        self._pa, self._stream = pa, stream
+        log.info("capturing from %s, %d ms blocks", self.description, self._block_ms)
+
+    def read(self, timeout: float) -> CapturedBlock | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._cond:
+                block = self._queue.popleft() if self._queue else None
+                stream = self._stream
+                if block is None and stream is not None:
+                    wait = min(deadline - time.monotonic(), _POLL_S)
+                    if wait > 0:
+                        self._cond.wait(wait)
+                        if self._queue:
+                            block = self._queue.popleft()
+                        elif self._stream is not stream:
+                            stream = None
+                resumed = block is not None and self._stalled
+                if resumed:
+                    self._stalled = False
+            if block is not None:
+                if resumed:
+                    log.info("audio from %s resumed", self.description)
+                return block
+            if stream is None:
+                raise AudioDeviceError(f"{self.description}: read() on a closed source")
+            self._check_stream(stream)
+            if time.monotonic() >= deadline:
+                return None
+
+    def close(self) -> None:
+        with self._cond:
+            pa, stream = self._pa, self._stream
+            what = self.description
+            self._pa = self._stream = None
+            self._generation += 1  # late callbacks of this stream are ignored
+            self._queue.clear()
+            self._cond.notify_all()
+        if pa is None and stream is None:
+            return
+        if _shutdown_portaudio(pa, stream, self._close_timeout_s, what):
+            log.info("closed %s", what)
+
+    def __enter__(self) -> PyAudioSource:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _make_callback(
+        self, generation: int, channels: int
+    ) -> Callable[[bytes | None, int, Mapping[str, float], int], tuple[None, int]]:
+        overflow_flag = int(pyaudio.paInputOverflow)
+        cond, queue, stats, max_blocks = self._cond, self._queue, self.stats, self._max_blocks
+
+        def callback(
+            in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
+        ) -> tuple[None, int]:
+            now = time.monotonic()
+            if in_data is None or generation != self._generation:
+                return (None, pyaudio.paContinue)
+            mono = downmix(np.frombuffer(in_data, dtype=np.int16), channels)
+            overflow = bool(status & overflow_flag)
+            block = CapturedBlock(samples=mono, captured_at=now, input_overflow=overflow)
+            with cond:
+                if generation != self._generation:
+                    return (None, pyaudio.paContinue)
+                stats.blocks += 1
+                stats.frames += int(mono.size)
+                if overflow:
+                    stats.overflows += 1
+                if len(queue) >= max_blocks:
+                    queue.popleft()
+                    stats.dropped_blocks += 1
+                queue.append(block)
+                self._last_callback = now
+                cond.notify()
+            return (None, pyaudio.paContinue)
+
+        return callback
+
+    def _check_stream(self, stream: Any) -> None:
+        try:
+            active = bool(stream.is_active())
+        except (OSError, ValueError) as exc:
+            raise AudioDeviceError(f"{self.description}: capture stream failed: {exc}") from exc
+        if not active:
+            with self._cond:
+                if self._queue:
+                    return  # deliver what is left before reporting the end
+            raise AudioDeviceError(
+                f"{self.description}: capture stream stopped (device unplugged or failed)"
+            )
+        now = time.monotonic()
+        last = self._last_callback or self._opened_at
+        if not self._stalled and now - last > self._stall_after_s:
+            with self._cond:
+                if self._queue or self._stream is not stream:
+                    return
+                self._stalled = True
+                self.stats.stalls += 1
+            log.warning(
+                "no audio from %s for %.1f s although the stream is active (stall)",
+                self.description,
+                now - last,
+            )

@@ -1,0 +1,263 @@
+"""Realtime API wire format: client event builders, server event parsing, classification.
+
+Pure functions over dicts and strings, no I/O, so each fact of PROTOCOL.md is a unit test.
+The GA shape is what we send; beta-era event names from old proxies are accepted on input.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from edgevoice.errors import ConfigError, ProtocolError
+from edgevoice.settings import ServerSettings, SessionSettings
+
+INPUT_RATE = 24000  # audio/pcm is 24 kHz mono s16le, and nothing else
+OUTPUT_RATE = 24000
+
+# Beta-era names some proxies still send -> the GA name we dispatch on.
+_BETA_EVENT_NAMES = {
+    "response.audio.delta": "response.output_audio.delta",
+    "response.audio.done": "response.output_audio.done",
+    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
+    "response.audio_transcript.done": "response.output_audio_transcript.done",
+    "response.text.delta": "response.output_text.delta",
+    "response.text.done": "response.output_text.done",
+}
+
+FATAL_CREDENTIAL_CODES = frozenset(
+    {"invalid_api_key", "insufficient_quota", "account_deactivated",
+     "billing_hard_limit_reached"}
+)
+BENIGN_ERROR_CODES = frozenset(
+    {"response_cancel_not_active", "conversation_already_has_active_response"}
+)
+RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
+TRANSIENT_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013})
+BETA_SHAPE_CLOSE_CODE = 4000
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(10)
+
+
+def encode(event: dict[str, Any]) -> str:
+    """One client event as the text of one WebSocket text frame."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Connecting
+
+
+def connect_request(
+    server: ServerSettings, mode: str, api_key: str
+) -> tuple[str, dict[str, str]]:
+    """The URL and headers for one handshake; the key only ever lives in the headers."""
+    parts = urlsplit(server.url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("model", "intent")]
+    if mode == "transcribe" and server.dialect == "openai":
+        query.append(("intent", "transcription"))
+    else:
+        query.append(("model", server.model))
+    url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    headers = dict(server.headers)
+    if server.dialect == "azure":
+        headers["api-key"] = api_key
+    else:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return url, headers
+
+
+# ---------------------------------------------------------------------------------------
+# Client events
+
+
+def session_config(session: SessionSettings) -> dict[str, Any]:
+    """The GA `session` object for our settings; sent in full on every new connection."""
+    turn: dict[str, Any] | None
+    if session.turn_detection == "server_vad":
+        turn = {
+            "type": "server_vad",
+            "threshold": session.vad_threshold,
+            "prefix_padding_ms": session.prefix_padding_ms,
+            "silence_duration_ms": session.silence_duration_ms,
+        }
+    elif session.turn_detection == "semantic_vad":
+        turn = {"type": "semantic_vad", "eagerness": session.eagerness}
+    else:
+        turn = None
+    transcription: dict[str, Any] = {"model": session.transcription_model}
+    if session.language:
+        transcription["language"] = session.language
+    audio_in: dict[str, Any] = {
+        "format": {"type": "audio/pcm", "rate": INPUT_RATE},
+        "noise_reduction": (
+            None if session.noise_reduction == "none" else {"type": session.noise_reduction}
+        ),
+        "transcription": transcription,
+        "turn_detection": turn,
+    }
+    if session.mode == "transcribe":
+        return {"type": "transcription", "audio": {"input": audio_in}}
+    return {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "instructions": session.instructions,
+        "audio": {
+            "input": audio_in,
+            "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
+                       "voice": session.voice},
+        },
+    }
+
+
+def session_update(session: SessionSettings) -> dict[str, Any]:
+    return {"type": "session.update", "event_id": new_event_id(),
+            "session": session_config(session)}
+
+
+def probe_update(session: SessionSettings) -> dict[str, Any]:
+    """A session.update that changes nothing: the server must still answer session.updated."""
+    session_type = "transcription" if session.mode == "transcribe" else "realtime"
+    return {"type": "session.update", "event_id": new_event_id(),
+            "session": {"type": session_type}}
+
+
+def audio_append(pcm: bytes) -> dict[str, Any]:
+    return {"type": "input_audio_buffer.append", "event_id": new_event_id(),
+            "audio": base64.b64encode(pcm).decode("ascii")}
+
+
+def simple_event(event_type: str, **fields: Any) -> dict[str, Any]:
+    """commit, clear, response.create, response.cancel, conversation.item.truncate, ..."""
+    return {"type": event_type, "event_id": new_event_id(), **fields}
+
+
+# ---------------------------------------------------------------------------------------
+# Server events
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    type: str  # GA name, beta names normalised
+    data: dict[str, Any]
+
+    def get_str(self, key: str) -> str:
+        value = self.data.get(key)
+        return value if isinstance(value, str) else ""
+
+
+def parse_server_event(text: str | bytes) -> ServerEvent:
+    if isinstance(text, bytes):
+        raise ProtocolError(f"server sent a binary frame ({len(text)} bytes); expected JSON text")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"server sent malformed JSON ({len(text)} chars): {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError(f"server sent JSON without a 'type': {text[:80]!r}")
+    raw_type: str = data["type"]
+    event_type = _BETA_EVENT_NAMES.get(raw_type, raw_type)
+    return ServerEvent(event_type, data)
+
+
+def decode_audio_delta(event: ServerEvent) -> bytes:
+    try:
+        pcm = base64.b64decode(event.get_str("delta"), validate=True)
+    except ValueError as exc:
+        raise ProtocolError(f"{event.type}: delta is not base64: {exc}") from None
+    return pcm[: len(pcm) - len(pcm) % 2]
+
+
+@dataclass(frozen=True)
+class ServerError:
+    type: str
+    code: str
+    message: str
+    param: str
+    event_id: str  # the client event it refers to, when the server says
+
+    @classmethod
+    def from_event(cls, event: ServerEvent) -> ServerError:
+        err = event.data.get("error")
+        if not isinstance(err, dict):
+            err = {}
+
+        def text(key: str) -> str:
+            value = err.get(key)
+            return str(value) if value is not None else ""
+
+        return cls(text("type"), text("code"), text("message"), text("param"), text("event_id"))
+
+
+class ErrorClass(enum.Enum):
+    CREDENTIALS = "credentials"  # exit 77
+    CONFIG = "config"  # exit 78
+    RATE_LIMITED = "rate_limited"
+    SESSION_EXPIRED = "session_expired"
+    BENIGN = "benign"
+    OTHER = "other"  # logged, session goes on
+
+
+def classify_error(error: ServerError) -> ErrorClass:
+    if error.code in FATAL_CREDENTIAL_CODES:
+        return ErrorClass.CREDENTIALS
+    if error.code == "session_expired":
+        return ErrorClass.SESSION_EXPIRED
+    if error.code in RATE_LIMIT_CODES:
+        return ErrorClass.RATE_LIMITED
+    if error.code in BENIGN_ERROR_CODES:
+        return ErrorClass.BENIGN
+    if error.code == "beta_api_shape_disabled":
+        return ErrorClass.CONFIG
+    return ErrorClass.OTHER
+
+
+def check_effective_input(session: dict[str, Any]) -> None:
+    """Refuse to stream unless the server will read our bytes as 24 kHz PCM16.
+
+    A mismatch would not fail loudly: the server would transcribe noise, or drop us after
+    the first packet. Beta-era proxies answer with `input_audio_format: pcm16` (24 kHz).
+    """
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        fmt = (audio.get("input") or {}).get("format")
+        if not isinstance(fmt, dict):
+            raise ConfigError(
+                "server session.updated lacks session.audio.input.format; cannot confirm "
+                "the input format"
+            )
+        if fmt.get("type") != "audio/pcm":
+            raise ConfigError(
+                f"session.audio.input.format.type: server uses {fmt.get('type')!r}, "
+                "edgevoice sends 'audio/pcm'"
+            )
+        rate = fmt.get("rate", INPUT_RATE)
+        if rate != INPUT_RATE:
+            raise ConfigError(
+                f"session.audio.input.format.rate: server uses {rate!r}, edgevoice sends "
+                f"{INPUT_RATE}"
+            )
+        return
+    legacy = session.get("input_audio_format")
+    if legacy not in (None, "pcm16"):
+        raise ConfigError(
+            f"session.input_audio_format: server uses {legacy!r}, edgevoice sends pcm16"
+        )
+
+
+def describe_close(code: int | None, reason: str) -> str:
+    names = {1000: "normal", 1001: "going away", 1005: "no status", 1006: "abnormal",
+             1011: "server error", 1012: "service restart", 1013: "try again later",
+             4000: "beta API shape disabled"}
+    if code is None:
+        return "connection closed without a close frame"
+    label = names.get(code, "")
+    text = f"close {code}" + (f" ({label})" if label else "")
+    return text + (f": {reason}" if reason else "")

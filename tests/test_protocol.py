@@ -1,0 +1,130 @@
+"""The wire facts of PROTOCOL.md, one assertion each."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from edgevoice.errors import ConfigError, ProtocolError
+from edgevoice.realtime import protocol
+from edgevoice.realtime.protocol import ErrorClass, ServerError
+from edgevoice.settings import ServerSettings, SessionSettings
+
+
+def test_session_update_is_ga_shape_with_24k_pcm() -> None:
+    event = protocol.session_update(SessionSettings(language="en", noise_reduction="far_field"))
+    assert event["type"] == "session.update" and event["event_id"].startswith("evt_")
+    session = event["session"]
+    assert session["type"] == "realtime"
+    assert session["output_modalities"] == ["audio"]
+    audio_in = session["audio"]["input"]
+    assert audio_in["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert audio_in["noise_reduction"] == {"type": "far_field"}
+    assert audio_in["transcription"] == {"model": "gpt-4o-mini-transcribe", "language": "en"}
+    assert audio_in["turn_detection"] == {"type": "server_vad", "threshold": 0.5,
+                                          "prefix_padding_ms": 300, "silence_duration_ms": 500}
+    assert session["audio"]["output"]["voice"] == "marin"
+    # No beta-shape field anywhere.
+    text = protocol.encode(event)
+    for beta in ("modalities\":", "input_audio_format", "\"voice\":\"marin\",\"type\""):
+        assert beta not in text.replace("output_modalities", "")
+
+
+def test_transcribe_mode_and_turn_detection_variants() -> None:
+    s = protocol.session_config(SessionSettings(mode="transcribe", turn_detection="none"))
+    assert s["type"] == "transcription" and "output_modalities" not in s
+    assert s["audio"]["input"]["turn_detection"] is None
+    semantic = protocol.session_config(SessionSettings(turn_detection="semantic_vad",
+                                                       eagerness="low"))
+    assert semantic["audio"]["input"]["turn_detection"] == {"type": "semantic_vad",
+                                                            "eagerness": "low"}
+
+
+def test_event_ids_are_unique() -> None:
+    ids = {protocol.new_event_id() for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_append_carries_base64_pcm() -> None:
+    pcm = bytes(range(256)) * 4
+    event = protocol.audio_append(pcm)
+    assert event["type"] == "input_audio_buffer.append"
+    assert base64.b64decode(event["audio"]) == pcm
+    assert json.loads(protocol.encode(event)) == event
+
+
+def test_connect_request_openai_and_azure() -> None:
+    url, headers = protocol.connect_request(
+        ServerSettings(headers={"X-Proxy": "1"}), "conversation", "k")
+    assert url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert headers == {"X-Proxy": "1", "Authorization": "Bearer k"}
+    assert "OpenAI-Beta" not in headers
+    url, _ = protocol.connect_request(ServerSettings(), "transcribe", "k")
+    assert url == "wss://api.openai.com/v1/realtime?intent=transcription"
+    url, headers = protocol.connect_request(
+        ServerSettings(url="wss://r.openai.azure.com/openai/v1/realtime?model=old",
+                       model="dep", dialect="azure"), "conversation", "k")
+    assert url == "wss://r.openai.azure.com/openai/v1/realtime?model=dep"
+    assert headers == {"api-key": "k"}
+
+
+def test_parse_normalises_beta_names_and_rejects_garbage() -> None:
+    event = protocol.parse_server_event('{"type":"response.audio.delta","delta":"AAAA"}')
+    assert event.type == "response.output_audio.delta"
+    assert protocol.decode_audio_delta(event) == b"\x00\x00\x00"[:2]
+    assert protocol.parse_server_event('{"type":"response.text.delta"}').type == \
+        "response.output_text.delta"
+    assert protocol.parse_server_event('{"type":"brand.new.event"}').type == "brand.new.event"
+    with pytest.raises(ProtocolError, match="malformed JSON"):
+        protocol.parse_server_event("{nope")
+    with pytest.raises(ProtocolError, match="without a 'type'"):
+        protocol.parse_server_event("[1,2]")
+    with pytest.raises(ProtocolError, match="binary frame"):
+        protocol.parse_server_event(b"\x00\x01")
+
+
+def test_effective_input_check_names_the_field() -> None:
+    good = {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}}
+    protocol.check_effective_input(good)
+    protocol.check_effective_input({"input_audio_format": "pcm16"})  # beta-era proxy
+    with pytest.raises(ConfigError, match=r"session.audio.input.format.rate: server uses 16000"):
+        protocol.check_effective_input(
+            {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}})
+    with pytest.raises(ConfigError, match=r"format.type: server uses 'audio/pcmu'"):
+        protocol.check_effective_input({"audio": {"input": {"format": {"type": "audio/pcmu"}}}})
+    with pytest.raises(ConfigError, match="input_audio_format: server uses 'g711_ulaw'"):
+        protocol.check_effective_input({"input_audio_format": "g711_ulaw"})
+
+
+def _error(code: str) -> ServerError:
+    event = protocol.parse_server_event(json.dumps(
+        {"type": "error", "error": {"type": "invalid_request_error", "code": code,
+                                    "message": "m", "param": "p", "event_id": "evt_1"}}))
+    return ServerError.from_event(event)
+
+
+@pytest.mark.parametrize(("code", "klass"), [
+    ("invalid_api_key", ErrorClass.CREDENTIALS),
+    ("insufficient_quota", ErrorClass.CREDENTIALS),
+    ("account_deactivated", ErrorClass.CREDENTIALS),
+    ("billing_hard_limit_reached", ErrorClass.CREDENTIALS),
+    ("session_expired", ErrorClass.SESSION_EXPIRED),
+    ("rate_limit_exceeded", ErrorClass.RATE_LIMITED),
+    ("response_cancel_not_active", ErrorClass.BENIGN),
+    ("conversation_already_has_active_response", ErrorClass.BENIGN),
+    ("beta_api_shape_disabled", ErrorClass.CONFIG),
+    ("unknown_parameter", ErrorClass.OTHER),
+])
+def test_error_classification(code: str, klass: ErrorClass) -> None:
+    error = _error(code)
+    assert (error.code, error.param, error.event_id) == (code, "p", "evt_1")
+    assert protocol.classify_error(error) is klass
+
+
+def test_describe_close() -> None:
+    assert protocol.describe_close(1001, "") == "close 1001 (going away)"
+    assert protocol.describe_close(4000, "invalid_request_error.beta_api_shape_disabled") == \
+        "close 4000 (beta API shape disabled): invalid_request_error.beta_api_shape_disabled"
+    assert protocol.describe_close(None, "") == "connection closed without a close frame"
