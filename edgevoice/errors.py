@@ -36,6 +36,8 @@ class ConnectionLost(TransportError):
     """Transient: reconnect with backoff.
 
     ``retry_after_s`` carries a server-imposed minimum wait (HTTP 429 Retry-After).
+    ``silent`` marks a peer that stopped answering (stall, no pong): whatever was sent since
+    its last sign of life is presumed unread and is replayed to the next session.
     """
 
     def __init__(
@@ -44,10 +46,12 @@ class ConnectionLost(TransportError):
         *,
         close_code: int | None = None,
         retry_after_s: float | None = None,
+        silent: bool = False,
     ) -> None:
         super().__init__(message)
         self.close_code = close_code
         self.retry_after_s = retry_after_s
+        self.silent = silent
 
 
 class AuthError(TransportError):

@@ -36,6 +36,11 @@ What was found out empirically (alsa-lib 1.2.8, PortAudio 19.6, PyAudio 0.2.14):
   ``frames_per_buffer`` (``PyAudioSource``: rate * block_ms / 1000), or a multiple of it.
   Writes of up to 4096 bytes (PIPE_BUF) are atomic. Then the reader gets exactly the
   frames written, paced by the writer.
+* Open the PCM at exactly its declared rate and channel count (plug then passes through).
+  If plug has to convert (say a mono PCM opened with 2 channels), its conversion plugin
+  reads ahead from the file plugin in whole buffer-sized pieces, each of which is committed
+  in full even when the FIFO had only one chunk: most of the data then is stale. A plain
+  file ``infile`` (always enough data) does not suffer from this.
 * ``pause()`` keeps the FIFO open without writing: the reader blocks in ``read(2)`` inside
   PortAudio's callback thread, callbacks stop, the stream stays "active" (a stall).
   ``Pa_CloseStream``/``Pa_StopStream`` then hang until data or EOF arrives; this is how the
@@ -162,7 +167,8 @@ def _fit(signal: Int16Array, frames: int) -> Int16Array:
     if signal.size == 0:
         return np.zeros(frames, dtype=np.int16)
     reps = math.ceil(frames / signal.size)
-    return np.tile(signal, reps)[:frames].astype(np.int16)
+    fitted: Int16Array = np.tile(signal, reps)[:frames].astype(np.int16)
+    return fitted
 
 
 def synthetic_speech(seconds: float, rate: int, seed: int = 1) -> Int16Array:
@@ -182,7 +188,8 @@ def synthetic_speech(seconds: float, rate: int, seed: int = 1) -> Int16Array:
     words = (np.sin(2 * np.pi * 0.5 * t) > -0.6).astype(float)  # a pause now and then
     signal = voiced * syllables * words + 0.01 * rng.standard_normal(n)
     signal *= 0.4 / max(1e-9, float(np.abs(signal).max()))
-    return np.round(signal * 32767).astype(np.int16)
+    speech: Int16Array = np.round(signal * 32767).astype(np.int16)
+    return speech
 
 
 def speech_like(
@@ -229,10 +236,7 @@ def write_wav(path: str | Path, samples: Int16Array, rate: int) -> Path:
 def _as_frames(chunk: Int16Array, channels: int) -> Int16Array:
     arr = np.asarray(chunk, dtype=np.int16)
     if arr.ndim == 1:
-        if channels != 1:
-            arr = np.repeat(arr[:, None], channels, axis=1)
-        else:
-            arr = arr.reshape(-1, 1)
+        arr = arr.reshape(-1, 1) if channels == 1 else np.repeat(arr[:, None], channels, axis=1)
     if arr.ndim != 2 or arr.shape[1] != channels:
         raise ValueError(f"expected (frames, {channels}) samples, got shape {arr.shape}")
     return arr

@@ -18,6 +18,7 @@ except in the test that shows close() is bounded when it is.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
@@ -31,6 +32,17 @@ import numpy as np
 import numpy.typing as npt
 import pyaudio
 import pytest
+from alsa_fixtures import (
+    NOISY_PCM_CONFIG,
+    FakeMic,
+    fake_microphone,
+    ramp,
+    speech_like,
+    stereo,
+    synthetic_speech,
+    tone,
+    write_wav,
+)
 
 from edgevoice.audio import alsa_quiet, pyaudio_source
 from edgevoice.audio.devices import (
@@ -51,16 +63,6 @@ from edgevoice.audio.pyaudio_source import PyAudioSource, choose_channels, choos
 from edgevoice.audio.source import AudioSource, CapturedBlock
 from edgevoice.audio.wav_source import WavSource
 from edgevoice.errors import AudioDeviceError
-from alsa_fixtures import (
-    NOISY_PCM_CONFIG,
-    FakeMic,
-    fake_microphone,
-    ramp,
-    speech_like,
-    stereo,
-    tone,
-    write_wav,
-)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -74,11 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _portaudio_released() -> Iterator[None]:
     """A close left hung by one test must finish before the next test initialises PortAudio."""
     yield
-    pending = pyaudio_source._pending_close
-    if pending is not None:
-        pending.join(5.0)
-        assert not pending.is_alive(), "a PortAudio close is still hung after the test"
-        pyaudio_source._pending_close = None
+    assert pyaudio_source.wait_for_pending_close(5.0), "a PortAudio close is still hung"
 
 
 def read_frames(src: AudioSource, frames: int, timeout: float = 5.0) -> list[CapturedBlock]:
@@ -94,6 +92,26 @@ def read_frames(src: AudioSource, frames: int, timeout: float = 5.0) -> list[Cap
             blocks.append(block)
             got += block.samples.size
     return blocks
+
+
+def pump_until(
+    src: AudioSource,
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    on_block: Callable[[CapturedBlock], None] | None = None,
+) -> None:
+    """Keep reading (as the capture worker does) until ``condition()``; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        block = src.read(0.1)
+        if block is not None and on_block is not None:
+            on_block(block)
+
+
+def stalled(src: PyAudioSource) -> bool:
+    return src.stalled  # a call, so mypy does not keep a narrowed property value
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -125,7 +143,7 @@ def test_stereo_48k_downmix_is_the_average(tmp_path: Path) -> None:
     left = tone(440, 1.0, rate, amplitude=0.6)
     right = ramp(rate) - 15000  # different on each side, and position-revealing
     with fake_microphone(tmp_path, rate=rate, channels=2, signal=stereo(left, right)) as mic:
-        src = PyAudioSource(mic.device, rate=48000, channels=2)
+        src = PyAudioSource(mic.device)  # default rate of the device, min(128, 2) channels
         try:
             src.open()
             assert src.rate == 48000
@@ -140,22 +158,22 @@ def test_stereo_48k_downmix_is_the_average(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, expected[: got.size].astype(np.int16))
 
 
-@pytest.mark.parametrize("channels", [None, 1])
-def test_mono_44k1_uses_the_device_default_rate(tmp_path: Path, channels: int | None) -> None:
+def test_mono_44k1_uses_the_device_default_rate(tmp_path: Path) -> None:
     rate = 44100
     signal = tone(1000, 0.5, rate, amplitude=0.3)
     with fake_microphone(tmp_path, rate=rate, channels=1, signal=signal) as mic:
-        src = PyAudioSource(mic.device, rate=None, channels=channels)
+        # channels=1: the client must match the PCM exactly (see alsa_fixtures: a plug
+        # conversion reads ahead from the file plugin and corrupts FIFO data).
+        src = PyAudioSource(mic.device, rate=None, channels=1)
         try:
             src.open()
             assert src.rate == 44100  # the plug slave's rate is the reported default
-            assert src.channels == (2 if channels is None else 1)  # min(128, 2) by default
+            assert src.channels == 1
             blocks = read_frames(src, 4410)
             assert all(b.samples.size == 882 for b in blocks)  # 20 ms at 44.1 kHz
             got = mono_of(blocks)
         finally:
             shut(src, mic)
-    # With 2 channels plug duplicates the mono data and the average gives it back.
     np.testing.assert_array_equal(got, np.tile(signal, 2)[: got.size])
 
 
@@ -190,23 +208,23 @@ def test_full_queue_drops_the_oldest_blocks_and_counts_them(tmp_path: Path) -> N
         try:
             src.open()
             wait_until(lambda: src.stats.blocks >= 15, 3.0, "15 blocks")  # nobody reads
-            mic.writer.pause()  # freeze the counts
-            wait_until(lambda: src.stalled or src.read(0) is None, 1.0, "stall")
-        finally:
-            pass
-        try:
-            # Now drain what is queued; read(0) above may have taken one block already.
+            mic.writer.pause()  # freeze the counts: no callbacks once the FIFO is empty
+
+            def quiet() -> bool:
+                last = src.last_block_at
+                return last is not None and time.monotonic() - last > 0.1
+
+            wait_until(quiet, 2.0, "callbacks to stop")
             stats = src.stats
             queued = []
             while (block := src.read(0)) is not None:
                 queued.append(block)
-            assert stats.dropped_blocks >= 10
-            assert 4 <= len(queued) <= 5
-            assert stats.dropped_blocks + len(queued) + (5 - len(queued)) == stats.blocks
+            assert len(queued) == 5
+            assert stats.dropped_blocks == stats.blocks - 5 >= 10
             # The newest blocks survived: the last one ends at the last captured frame.
             assert int(queued[-1].samples[-1]) == (stats.frames - 1) % 30000
             starts = [int(b.samples[0]) for b in queued]
-            assert all((b - a) % 30000 == 320 for a, b in zip(starts, starts[1:], strict=False))
+            assert all((b - a) % 30000 == 320 for a, b in itertools.pairwise(starts))
         finally:
             shut(src, mic)
 
@@ -236,16 +254,14 @@ def test_paused_writer_is_a_stall_not_an_error_and_capture_resumes(tmp_path: Pat
             src.open()
             read_frames(src, 1600)
             mic.writer.pause()
-            deadline = time.monotonic() + 3.0
-            while not src.stalled:
-                assert time.monotonic() < deadline, "no stall detected"
-                src.read(0.1)  # returns None or a last queued block, never raises
+            # read() returns None (or a last queued block) and never raises meanwhile.
+            pump_until(src, lambda: src.stalled, 3.0, "a stall")
             assert src.read(0.2) is None
             assert src.stats.stalls == 1
             frames_before = src.stats.frames
             mic.writer.resume()
             assert src.read(2.0) is not None
-            assert not src.stalled
+            assert not stalled(src)
             read_frames(src, 1600)
             assert src.stats.frames > frames_before
         finally:
@@ -315,19 +331,15 @@ def test_dead_input_on_the_fake_microphone(tmp_path: Path) -> None:
             src.open()
             for block in read_frames(src, 3200):
                 assert detector.update(block.samples) is None
+
+            def watch(block: CapturedBlock) -> None:
+                if (change := detector.update(block.samples)) is not None:
+                    changes.append(change)
+
             mic.writer.feed_zeros()
-            deadline = time.monotonic() + 3.0
-            while not detector.dead:
-                assert time.monotonic() < deadline
-                block = src.read(0.5)
-                if block is not None and (change := detector.update(block.samples)) is not None:
-                    changes.append(change)
+            pump_until(src, lambda: detector.dead, 3.0, "dead input", watch)
             mic.writer.feed(tone(440, 1, rate))
-            while detector.dead:
-                assert time.monotonic() < deadline
-                block = src.read(0.5)
-                if block is not None and (change := detector.update(block.samples)) is not None:
-                    changes.append(change)
+            pump_until(src, lambda: not detector.dead, 3.0, "live input", watch)
         finally:
             shut(src, mic)
     assert changes == [DIGITAL_SILENCE, ""]
@@ -513,6 +525,10 @@ def test_level_meter() -> None:
     assert meter.peak_hold == 0
 
 
+def is_dead(detector: DeadInputDetector) -> bool:
+    return detector.dead  # a call, so mypy does not keep a narrowed property value
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -549,14 +565,14 @@ def test_dead_input_detector_zeros_and_repeats_report_each_change_once() -> None
     assert detector.reason == DIGITAL_SILENCE
     assert detector.dead_since == start
     feed(zeros, 1.0)
-    assert detector.dead
+    assert is_dead(detector)
     assert changes == [DIGITAL_SILENCE]  # once
-    assert detector.last_change_at == pytest.approx(start + 2.0)
+    assert detector.last_change_at == pytest.approx(start + 2.0, abs=0.025)
     assert detector.update(np.zeros(0, dtype=np.int16)) is None  # empty blocks say nothing
     feed(zeros, 5.0)
     assert changes == [DIGITAL_SILENCE]
     assert detector.update(live()) == ""  # alive again, reported once
-    assert not detector.dead
+    assert not is_dead(detector)
     assert detector.last_dead_duration_s == pytest.approx(7.9, abs=0.03)
     assert detector.update(live()) is None
     changes.clear()
@@ -564,7 +580,7 @@ def test_dead_input_detector_zeros_and_repeats_report_each_change_once() -> None
     feed(lambda: stuck, 3.0)  # the very same non-zero buffer again and again
     assert changes == [REPEATED_BUFFER]
     assert detector.update(live()) == ""
-    assert not detector.dead
+    assert not is_dead(detector)
     # A quiet but live input (noise of a few LSB) is never dead.
     changes.clear()
     feed(lambda: rng.integers(-2, 3, 320).astype(np.int16), 5.0)
@@ -638,9 +654,12 @@ def test_wav_source_formats_and_errors(tmp_path: Path) -> None:
         WavSource(tmp_path / "missing.wav").open()
 
 
-def test_speech_like_signal_is_lively() -> None:
-    speech = speech_like(1.0, 24000)
+@pytest.mark.parametrize("make", [speech_like, synthetic_speech])
+def test_speech_like_signals_are_lively(
+    make: Callable[[float, int], npt.NDArray[np.int16]],
+) -> None:
+    speech = make(1.0, 24000)
     assert speech.dtype == np.int16 and speech.size == 24000
-    assert measure_level(speech).rms_dbfs > -40
+    assert -35 < measure_level(speech).rms_dbfs < -6
     detector = DeadInputDetector(0.0)
     assert all(detector.update(chunk) is None for chunk in np.split(speech, 50))

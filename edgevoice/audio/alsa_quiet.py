@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,25 @@ _NOISE = re.compile(
     rb")"
 )
 
-_lock = threading.RLock()
-_depth = 0
-_saved_fd = -1
-_capture: IO[bytes] | None = None
-_suppressed = 0
+
+class _State:
+    """Module state, guarded by ``lock`` (a class instead of ``global`` statements)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.saved_fd = -1
+        self.capture: IO[bytes] | None = None
+        self.suppressed = 0
+        self.handler_installed = False
+        self.alsa_errors_swallowed = 0
+
+
+_state = _State()
 
 _HANDLER_TYPE = ctypes.CFUNCTYPE(
     None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
 )
-_handler_installed = False
-_alsa_errors_swallowed = 0
 
 
 def _swallow_alsa_error(
@@ -74,11 +82,10 @@ def _swallow_alsa_error(
 ) -> None:
     # The real prototype is variadic; ignoring the trailing arguments is safe with the
     # Linux calling conventions of amd64, arm64 and armhf (the caller cleans up).
-    global _alsa_errors_swallowed
-    _alsa_errors_swallowed += 1
+    _state.alsa_errors_swallowed += 1
 
 
-_handler = _HANDLER_TYPE(_swallow_alsa_error)
+_handler = _HANDLER_TYPE(_swallow_alsa_error)  # must stay referenced while installed
 
 
 def _load_libasound() -> ctypes.CDLL | None:
@@ -94,9 +101,8 @@ def _load_libasound() -> ctypes.CDLL | None:
 
 def install_alsa_error_handler() -> bool:
     """Route alsa-lib error messages to a no-op. Idempotent; False if libasound is absent."""
-    global _handler_installed
-    with _lock:
-        if _handler_installed:
+    with _state.lock:
+        if _state.handler_installed:
             return True
         lib = _load_libasound()
         if lib is None:
@@ -108,11 +114,11 @@ def install_alsa_error_handler() -> bool:
         setter.argtypes = [_HANDLER_TYPE]
         setter.restype = ctypes.c_int
         setter(_handler)
-        _handler_installed = True
+        _state.handler_installed = True
 
         def _restore() -> None:
             # Back to alsa-lib's default before finalisation: no Python callbacks after that.
-            setter(ctypes.cast(None, _HANDLER_TYPE))
+            setter(_HANDLER_TYPE())  # a NULL function pointer
 
         atexit.register(_restore)
         return True
@@ -125,15 +131,16 @@ def is_noise(line: bytes) -> bool:
 
 def suppressed_count() -> int:
     """Lines dropped so far by quiet_stderr() plus alsa-lib errors swallowed by the handler."""
-    return _suppressed + _alsa_errors_swallowed
+    return _state.suppressed + _state.alsa_errors_swallowed
+
+
+def _flush_python_stderr() -> None:
+    with suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()
 
 
 def _begin() -> None:
-    global _saved_fd, _capture
-    try:
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):
-        pass
+    _flush_python_stderr()
     try:
         saved = os.dup(2)
     except OSError:
@@ -145,19 +152,15 @@ def _begin() -> None:
         os.close(saved)
         capture.close()
         return
-    _saved_fd, _capture = saved, capture
+    _state.saved_fd, _state.capture = saved, capture
 
 
 def _end() -> None:
-    global _saved_fd, _capture, _suppressed
-    saved, capture = _saved_fd, _capture
-    _saved_fd, _capture = -1, None
+    saved, capture = _state.saved_fd, _state.capture
+    _state.saved_fd, _state.capture = -1, None
     if capture is None:
         return
-    try:
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):
-        pass
+    _flush_python_stderr()
     try:
         os.dup2(saved, 2)
     finally:
@@ -174,15 +177,14 @@ def _end() -> None:
             dropped += 1
         else:
             kept.append(line)
-    _suppressed += dropped
-    if kept:
-        out = b"".join(kept)
-        while out:
-            try:
-                n = os.write(2, out)
-            except OSError:
-                break
-            out = out[n:]
+    _state.suppressed += dropped
+    out = b"".join(kept)
+    while out:
+        try:
+            n = os.write(2, out)
+        except OSError:
+            break
+        out = out[n:]
     if dropped:
         log.debug("suppressed %d lines of ALSA/JACK start-up noise", dropped)
 
@@ -190,15 +192,14 @@ def _end() -> None:
 @contextmanager
 def quiet_stderr() -> Iterator[None]:
     """Hide ALSA/JACK/PortAudio noise printed to fd 2 inside the block; keep other output."""
-    global _depth
     install_alsa_error_handler()
-    with _lock:
-        if _depth == 0:
+    with _state.lock:
+        if _state.depth == 0:
             _begin()
-        _depth += 1
+        _state.depth += 1
         try:
             yield
         finally:
-            _depth -= 1
-            if _depth == 0:
+            _state.depth -= 1
+            if _state.depth == 0:
                 _end()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,10 +62,8 @@ def input_devices(pa: PortAudioLike) -> list[DeviceInfo]:
         if channels <= 0:
             continue
         host_api = ""
-        try:
+        with suppress(OSError, KeyError, ValueError, TypeError):
             host_api = str(pa.get_host_api_info_by_index(int(info["hostApi"]))["name"])
-        except (OSError, KeyError, ValueError, TypeError):
-            pass
         devices.append(
             DeviceInfo(
                 index=index,
@@ -82,7 +81,7 @@ def list_input_devices(pa: PortAudioLike | None = None) -> list[DeviceInfo]:
     """Input devices; initialises (and terminates) PortAudio itself unless ``pa`` is given."""
     if pa is not None:
         return input_devices(pa)
-    import pyaudio  # noqa: PLC0415 - keep the module importable without PortAudio
+    import pyaudio  # imported late: the module stays importable without PortAudio
 
     try:
         with quiet_stderr():

@@ -120,34 +120,38 @@ def downmix(raw: npt.NDArray[np.int16], channels: int) -> npt.NDArray[np.int16]:
         return raw.copy()
     frames = raw.size // channels
     total = raw[: frames * channels].reshape(frames, channels).sum(axis=1, dtype=np.int32)
-    return (total // channels).astype(np.int16)
+    mono: npt.NDArray[np.int16] = (total // channels).astype(np.int16)
+    return mono
 
 
-# A close() whose helper thread is still hung in PortAudio, so open() must not re-initialise.
-_pending_lock = threading.Lock()
-_pending_close: threading.Thread | None = None
+class _PendingClose:
+    """A close() whose helper thread is still hung in PortAudio (so open() must wait)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
 
 
-def _wait_for_pending_close(timeout: float) -> None:
-    global _pending_close
-    with _pending_lock:
-        pending = _pending_close
-    if pending is None:
-        return
-    pending.join(timeout)
-    if pending.is_alive():
-        raise AudioDeviceError(
-            "PortAudio is still hung closing the previous capture stream; "
-            "it cannot be initialised again until that call returns"
-        )
-    with _pending_lock:
-        if _pending_close is pending:
-            _pending_close = None
+_pending = _PendingClose()
+
+
+def wait_for_pending_close(timeout: float) -> bool:
+    """Wait up to ``timeout`` for a hung close to finish; True if none is pending any more."""
+    with _pending.lock:
+        thread = _pending.thread
+    if thread is None:
+        return True
+    thread.join(timeout)
+    if thread.is_alive():
+        return False
+    with _pending.lock:
+        if _pending.thread is thread:
+            _pending.thread = None
+    return True
 
 
 def _shutdown_portaudio(pa: Any, stream: Any, timeout: float, what: str) -> bool:
     """Close ``stream`` and terminate ``pa`` in a helper thread; False if it timed out."""
-    global _pending_close
 
     def work() -> None:
         try:
@@ -172,8 +176,8 @@ def _shutdown_portaudio(pa: Any, stream: Any, timeout: float, what: str) -> bool
             what,
             timeout,
         )
-        with _pending_lock:
-            _pending_close = thread
+        with _pending.lock:
+            _pending.thread = thread
         return False
     return True
 
@@ -255,7 +259,11 @@ class PyAudioSource:
     def open(self) -> None:
         if self._stream is not None:
             return
-        _wait_for_pending_close(self._close_timeout_s)
+        if not wait_for_pending_close(self._close_timeout_s):
+            raise AudioDeviceError(
+                "PortAudio is still hung closing the previous capture stream; "
+                "it cannot be initialised again until that call returns"
+            )
         with quiet_stderr():
             try:
                 pa = pyaudio.PyAudio()

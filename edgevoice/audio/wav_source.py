@@ -25,9 +25,7 @@ from edgevoice.errors import AudioDeviceError
 
 def _to_int16(data: bytes, sampwidth: int) -> npt.NDArray[np.int16]:
     if sampwidth == 1:  # unsigned 8 bit
-        return ((np.frombuffer(data, dtype=np.uint8).astype(np.int16) - 128) << 8).astype(
-            np.int16
-        )
+        return ((np.frombuffer(data, dtype=np.uint8).astype(np.int16) - 128) << 8).astype(np.int16)
     if sampwidth == 2:
         return np.frombuffer(data, dtype="<i2").astype(np.int16)
     if sampwidth == 3:  # keep the two most significant bytes of each little-endian sample
@@ -126,9 +124,7 @@ class WavSource:
                     self._closed.wait(max(0.0, timeout))
                     return None
                 if self._closed.wait(delay):
-                    return None
-            if not self._open:
-                return None
+                    return None  # closed meanwhile
         block = self._take(max(1, self._rate * self.block_ms // 1000))
         self._served += block.size
         self.stats.blocks += 1

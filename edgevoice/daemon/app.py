@@ -97,13 +97,14 @@ class Daemon:
         self._api_key = load_api_key(s.server)
         add_secret(self._api_key)
         chunk_ms = s.audio.chunk_ms
-        backlog = ChunkBacklog(max(1, int(s.stream.outage_buffer_s * 1000 / chunk_ms)))
+        max_chunks = max(1, int(s.stream.outage_buffer_s * 1000 / chunk_ms))
+        backlog = ChunkBacklog(max_chunks)
         self._capture = CaptureWorker(
             self._make_source, backlog, self.stats,
             chunk_ms=chunk_ms, silence_warn_s=s.health.silence_warn_s,
             reopen_backoff=Backoff(0.5, 10.0, 2.0),
         )
-        self._uplink = Uplink(backlog, self.stats)
+        self._uplink = Uplink(backlog, self.stats, keep_sent=max_chunks)
         self._supervisor = Supervisor(s, self._make_session, self._capture, self._uplink,
                                       backlog, self.stats, on_tick=self._tick)
         self._heartbeats = HeartbeatRegistry()

@@ -35,7 +35,8 @@ log = logging.getLogger("edgevoice.supervisor")
 TICK_S = 0.1
 STOP_BUDGET_S = 1.5  # flush what can be sent on shutdown, then close
 DRAIN_OLD_SESSION_S = 3.0  # after a rollover, let the old session's last events arrive
-QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summary line
+QUIET_LOG_AFTER = 5
+REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets  # consecutive failures logged individually, then one summary line
 
 
 @dataclass
@@ -232,7 +233,7 @@ class Supervisor:
         error = session.failure or ConnectionLost("session ended")
         if isinstance(error, AuthError | ConfigError):
             return error
-        self._uplink.detach()
+        self._uplink.detach(replay_since=self._unread_since(session, error))
         session.abort()
         self._connected_since = None
         self._stats.add("reconnects")
@@ -252,6 +253,17 @@ class Supervisor:
             self._next_attempt_at = now + self._backoff.next_delay(retry_after)
         self._stats.set(state="offline", last_error=str(error))
         return None
+
+    def _unread_since(self, session: RealtimeSession, error: EdgeVoiceError) -> float:
+        """From when on the lost session probably never read what it was sent.
+
+        No ack exists for appends, so this is a bound, not knowledge: after a close or
+        reset, the audio in flight when it happened (REPLAY_GUARD_S); after a silent death,
+        everything since the server's last sign of life. The price is a possible duplicate
+        of that much audio, which is better than a hole in the user's speech.
+        """
+        silent = isinstance(error, ConnectionLost) and error.silent
+        return session.last_event_at if silent else session.failed_at - REPLAY_GUARD_S
 
     def _check_stable(self, now: float) -> None:
         since = self._connected_since
@@ -286,7 +298,7 @@ class Supervisor:
                 self._stats.add("stalls")
                 current.fail(ConnectionLost(
                     f"session stalled: no server event for {now - current.last_event_at:.0f}s "
-                    "and no answer to a probe"))
+                    "and no answer to a probe", silent=True))
             return None
         if current.stalled_for(now) > limit:
             log.warning("no server event for %.0fs while sending speech; probing the session",

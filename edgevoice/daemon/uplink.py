@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 
-from edgevoice.daemon.backlog import ChunkBacklog
+from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
 from edgevoice.daemon.stats import Stats
 from edgevoice.errors import ConnectionLost
 from edgevoice.realtime.session import RealtimeSession
@@ -21,8 +22,11 @@ log = logging.getLogger("edgevoice.uplink")
 
 
 class Uplink:
-    def __init__(self, backlog: ChunkBacklog, stats: Stats, clock: Clock = time.monotonic) -> None:
+    def __init__(self, backlog: ChunkBacklog, stats: Stats, clock: Clock = time.monotonic,
+                 keep_sent: int = 1500) -> None:
         self._backlog = backlog
+        # What the current session was sent, newest last: replayed if it dies unread.
+        self._sent: deque[tuple[float, AudioChunk]] = deque(maxlen=keep_sent)
         self._stats = stats
         self._clock = clock
         self._lock = threading.Condition()
@@ -31,6 +35,7 @@ class Uplink:
         self._next_deadline = 0.0
         self._retired: RealtimeSession | None = None  # the old session after a switch
         self._replay_until_seq = -1  # chunks up to this seq were buffered during an outage
+        self._replay_since: float | None = None  # pending: requeue what was sent since
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self.beat = clock()
@@ -47,9 +52,16 @@ class Uplink:
             self._replay_until_seq = replay_until_seq
             self._lock.notify_all()
 
-    def detach(self) -> RealtimeSession | None:
+    def detach(self, replay_since: float | None = None) -> RealtimeSession | None:
+        """Stop sending to the current session; with `replay_since`, the worker puts what
+        it sent to that session since then back in front of the backlog (in its own thread,
+        so the order of chunks is never mixed up with a chunk it is just giving back)."""
         with self._lock:
-            old, self._target, self._next = self._target, None, None
+            old, self._target = self._target, None
+            if replay_since is not None:
+                self._replay_since = replay_since
+            else:
+                self._sent.clear()
             return old
 
     def offer_next(self, session: RealtimeSession, deadline: float) -> None:
@@ -95,8 +107,20 @@ class Uplink:
 
     # -- the worker ----------------------------------------------------------------------
 
+    def _requeue_pending(self) -> None:
+        """Called with the lock held, from the worker thread only."""
+        since, self._replay_since = self._replay_since, None
+        if since is None:
+            return
+        again = [chunk for sent_at, chunk in self._sent if sent_at >= since]
+        self._sent.clear()
+        if again:
+            self._backlog.push_front(again)
+            log.info("replaying %d chunks the lost session may not have read", len(again))
+
     def _current(self) -> RealtimeSession | None:
         with self._lock:
+            self._requeue_pending()
             if self._target is None or self._target.failed.is_set():
                 self._lock.wait(0.25)
                 return None
@@ -110,6 +134,7 @@ class Uplink:
             quiet = old.is_quiet() and chunk_rms < -45.0
             if quiet or old.failed.is_set() or self._clock() >= self._next_deadline:
                 self._target, self._next, self._retired = nxt, None, old
+                self._sent.clear()
                 self._stats.add("rollovers")
                 log.info("uplink switched to session %s (%s)", nxt.session_id,
                          "quiet moment" if quiet else "deadline")
@@ -124,10 +149,12 @@ class Uplink:
             if chunk is None:
                 continue
             self._maybe_switch(chunk.rms_dbfs)
-            session = self.target
-            if session is None:
-                self._backlog.push_front([chunk])
-                continue
+            with self._lock:
+                session = self._target
+                if session is None or self._replay_since is not None:
+                    # Detached meanwhile: this chunk is newer than any replayed one.
+                    self._backlog.push_front([chunk])
+                    continue
             try:
                 session.send_audio(chunk.pcm, chunk.rms_dbfs)
             except ConnectionLost as exc:
@@ -135,7 +162,11 @@ class Uplink:
                 self._backlog.push_front([chunk])
                 session.fail(exc)
                 continue
+            with self._lock:
+                # Recorded even if just detached: then it is the newest chunk to replay.
+                self._sent.append((self._clock(), chunk))
             self._stats.add("chunks_sent")
             self._stats.add("audio_bytes_sent", len(chunk.pcm))
             if chunk.seq <= self._replay_until_seq:
                 self._stats.add("chunks_replayed")
+

@@ -68,6 +68,7 @@ class RealtimeSession:
         self.configured_at = 0.0
         self.failed = threading.Event()
         self.failure: EdgeVoiceError | None = None
+        self.failed_at = 0.0
         self.expired = False  # session_expired or 1001: roll over at once
         self.speech_active = False
         self.response_active = False
@@ -201,6 +202,7 @@ class RealtimeSession:
     def fail(self, error: EdgeVoiceError) -> None:
         if not self.failed.is_set():
             self.failure = error
+            self.failed_at = self._clock()
             self.failed.set()
 
     def close(self, code: int = 1000, reason: str = "", join_timeout_s: float = 2.0) -> None:

@@ -159,7 +159,7 @@ class WebSocketTransport:
             self._closed.set()
             raise ConnectionLost(
                 f"no pong for {now - self._last_pong:.0f}s (limit {self._pong_timeout_s:g}s)",
-                close_code=1006,
+                close_code=1006, silent=True,
             )
         if now - self._last_ping_sent >= self._ping_interval_s:
             self._last_ping_sent = now
