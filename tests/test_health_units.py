@@ -10,12 +10,8 @@ import io
 import logging
 import os
 import re
-import shutil
-import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -58,6 +54,8 @@ def _have_systemd_python() -> bool:
     return True
 
 
+from systemd_fixtures import NotifyListener  # noqa: E402
+
 HAVE_SYSTEMD_PYTHON = _have_systemd_python()
 needs_systemd_python = pytest.mark.skipif(
     not HAVE_SYSTEMD_PYTHON, reason="systemd-python (python3-systemd) is not installed"
@@ -66,56 +64,6 @@ needs_systemd_python = pytest.mark.skipif(
 # ----------------------------------------------------------------------------------------
 # notify: a real notify socket
 # ----------------------------------------------------------------------------------------
-
-_UCRED = struct.Struct("=iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
-
-
-class NotifyListener:
-    """A datagram socket with SO_PASSCRED, like the service manager's notify socket."""
-
-    def __init__(self, kind: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._dir: str | None = None
-        if kind == "abstract":
-            name = f"edgevoice-test-notify-{uuid.uuid4().hex}"
-            self.sock.bind(b"\0" + name.encode())
-            self.address = "@" + name
-        else:
-            # A short directory: sun_path holds 108 bytes, pytest's tmp_path can be longer.
-            self._dir = tempfile.mkdtemp(prefix="evn-", dir="/tmp")
-            path = os.path.join(self._dir, "notify")
-            self.sock.bind(path)
-            self.address = path
-        self.sock.settimeout(5.0)
-
-    def receive(self) -> tuple[str, int, int, int]:
-        """One datagram: (payload, sender pid, uid, gid)."""
-        data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
-        creds = [
-            _UCRED.unpack(cmsg_data[: _UCRED.size])
-            for level, kind, cmsg_data in ancdata
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-        ]
-        assert creds, "no SCM_CREDENTIALS on the datagram"
-        pid, uid, gid = creds[0]
-        return data.decode("utf-8"), pid, uid, gid
-
-    def assert_nothing_pending(self) -> None:
-        self.sock.settimeout(0.05)
-        try:
-            data = self.sock.recv(4096)
-        except (TimeoutError, BlockingIOError):
-            return
-        finally:
-            self.sock.settimeout(5.0)
-        raise AssertionError(f"unexpected notification {data!r}")
-
-    def close(self) -> None:
-        self.sock.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
 
 @pytest.fixture(params=["path", "abstract"])
 def listener(request: pytest.FixtureRequest) -> Iterator[NotifyListener]:

@@ -108,7 +108,14 @@ class Daemon:
         self._supervisor = Supervisor(s, self._make_session, self._capture, self._uplink,
                                       backlog, self.stats, on_tick=self._tick)
         self._heartbeats = HeartbeatRegistry()
-        self._watchdog = WatchdogGate(self._heartbeats, self._notifier)
+        half = self._notifier.watchdog_interval_s  # half of WatchdogSec, or None
+        # Ping a little before half the interval is over: the loop ticks every 0.1 s, so a
+        # ping "when due" would otherwise land just after it. Staleness keeps the full half.
+        self._watchdog = WatchdogGate(
+            self._heartbeats, self._notifier,
+            interval_s=None if half is None else half * 0.8,
+            max_age_s=None if half is None else max(half, 0.5),
+        )
         if duration_s is not None:
             self._supervisor.deadline = time.monotonic() + duration_s
         log.info("edgevoice starting: %s, server %s, model %s, mode %s",
