@@ -1,0 +1,192 @@
+"""debian/: static checks of the Debian packaging against the tree it packages (no build).
+
+Building the package (``make deb``) needs debhelper and takes a while; these checks only read
+debian/control, debian/rules, debian/changelog and the install lists, and cross-check them
+with pyproject.toml and systemd/edgevoice.service so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEBIAN = REPO / "debian"
+UNIT = REPO / "systemd" / "edgevoice.service"
+PACKAGE = "edgevoice"
+
+# Debian 12's own packages for the runtime dependencies in pyproject.toml (+ systemd extra).
+RUNTIME_DEPENDS = {
+    "python3-numpy",
+    "python3-websocket",
+    "python3-yaml",
+    "python3-pyaudio",
+    "python3-systemd",
+}
+
+
+def _deb822_paragraphs(text: str) -> list[dict[str, str]]:
+    """Paragraphs of a deb822 file (debian/control): field name -> value, lines folded."""
+    paragraphs: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    field = ""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+            current, field = {}, ""
+            continue
+        if line[0] in " \t":
+            assert field, f"continuation line without a field: {line!r}"
+            current[field] += "\n" + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        assert sep, f"not a field: {line!r}"
+        field = name.strip()
+        current[field] = value.strip()
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def _relation_names(value: str) -> set[str]:
+    """Package names in a relationship field ("a (>= 1), b | c, ${x:Depends}")."""
+    names: set[str] = set()
+    for relation in value.replace("\n", " ").split(","):
+        for alternative in relation.split("|"):
+            name = re.split(r"[\s(\[<:]", alternative.strip(), maxsplit=1)[0]
+            if name and not name.startswith("$"):
+                names.add(name)
+    return names
+
+
+def _binary_paragraph() -> dict[str, str]:
+    paragraphs = _deb822_paragraphs((DEBIAN / "control").read_text(encoding="utf-8"))
+    for paragraph in paragraphs[1:]:
+        if paragraph.get("Package") == PACKAGE:
+            return paragraph
+    pytest.fail(f"debian/control has no binary package {PACKAGE!r}")
+
+
+def _unit_values(key: str) -> list[str]:
+    """Values of KEY= in the [Service] section of the unit, in order."""
+    values: list[str] = []
+    section = ""
+    for raw in UNIT.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        name, _, value = line.partition("=")
+        if section == "Service" and name.strip() == key:
+            values.append(value.strip())
+    return values
+
+
+def _unit_environment(variable: str) -> str:
+    for value in _unit_values("Environment"):
+        for assignment in shlex.split(value):
+            name, sep, setting = assignment.partition("=")
+            if sep and name == variable:
+                return setting
+    pytest.fail(f"{UNIT.name} sets no Environment={variable}=...")
+
+
+def _rules() -> str:
+    return (DEBIAN / "rules").read_text(encoding="utf-8")
+
+
+def _installed_paths() -> dict[str, str]:
+    """Package path (absolute) -> source path, from debian/edgevoice.install (dh_install)."""
+    installed: dict[str, str] = {}
+    install = DEBIAN / f"{PACKAGE}.install"
+    for raw in install.read_text(encoding="utf-8").splitlines():
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        *sources, destination = words
+        assert sources, f"{install.name}: a line needs a source and a destination: {raw!r}"
+        for source in sources:
+            target = PurePosixPath("/", destination, PurePosixPath(source).name)
+            installed[str(target)] = source
+    return installed
+
+
+def test_runtime_depends_are_debians_python_packages() -> None:
+    binary = _binary_paragraph()
+    assert binary.get("Architecture") == "all"
+    depends = _relation_names(binary.get("Depends", ""))
+    missing = RUNTIME_DEPENDS - depends
+    assert not missing, f"debian/control Depends lacks {sorted(missing)}"
+    assert "${python3:Depends}" in binary["Depends"]
+    assert "${misc:Depends}" in binary["Depends"]
+    # The devserver extra (websockets >= 13) is newer than Debian 12's python3-websockets.
+    assert "python3-websockets" not in depends
+
+
+def test_build_depends_and_build_system() -> None:
+    source = _deb822_paragraphs((DEBIAN / "control").read_text(encoding="utf-8"))[0]
+    assert source.get("Source") == PACKAGE
+    build_depends = _relation_names(source.get("Build-Depends", ""))
+    assert {"debhelper-compat", "dh-python", "pybuild-plugin-pyproject", "python3-all",
+            "python3-setuptools"} <= build_depends
+    assert re.search(r"^\tdh \$@ --with python3 --buildsystem=pybuild\s*$", _rules(), re.M)
+
+
+def test_rules_installs_the_unit_without_enabling_it() -> None:
+    # dh_installsystemd installs debian/<package>.service, which must be the tree's unit.
+    packaged_unit = DEBIAN / f"{PACKAGE}.service"
+    assert packaged_unit.exists(), "debian/edgevoice.service (-> ../systemd/...) is missing"
+    assert packaged_unit.read_bytes() == UNIT.read_bytes()
+    if packaged_unit.is_symlink():
+        assert packaged_unit.resolve() == UNIT.resolve()
+    # The unit needs an API key the admin adds after installing: never enable it on install.
+    calls = re.findall(r"^\tdh_installsystemd\b(.*)$", _rules(), re.M)
+    assert calls, "debian/rules does not override dh_installsystemd"
+    assert all("--no-enable" in call.split() for call in calls)
+
+
+def test_rules_installs_asound_conf_where_the_unit_points() -> None:
+    alsa_config_path = _unit_environment("ALSA_CONFIG_PATH")
+    assert alsa_config_path.startswith("/usr/share/")
+    installed = _installed_paths()
+    assert installed.get(alsa_config_path) == "systemd/asound.conf", (
+        f"debian/{PACKAGE}.install does not put systemd/asound.conf at {alsa_config_path}"
+    )
+
+
+def test_rules_installs_the_config_the_unit_reads_as_a_conffile() -> None:
+    (exec_start,) = _unit_values("ExecStart")
+    argv = shlex.split(exec_start.lstrip("-@:+!"))
+    config_path = argv[argv.index("--config") + 1]
+    assert config_path.startswith("/etc/")  # everything under /etc is a conffile
+    target = f"debian/{PACKAGE}{config_path}"
+    assert re.search(
+        rf"^\tinstall -D -m 0?644 config/edgevoice\.yaml {re.escape(target)}\s*$", _rules(), re.M
+    ), f"debian/rules does not install config/edgevoice.yaml as {config_path} (0644)"
+    examples = (DEBIAN / f"{PACKAGE}.examples").read_text(encoding="utf-8").split()
+    assert "config/edgevoice.yaml" in examples
+
+
+def test_changelog_version_matches_pyproject() -> None:
+    first = (DEBIAN / "changelog").read_text(encoding="utf-8").splitlines()[0]
+    match = re.fullmatch(r"(\S+) \(([^)\s]+)\) [^;]+; urgency=\w+", first)
+    assert match, f"debian/changelog: unexpected first line {first!r}"
+    assert match.group(1) == PACKAGE
+    debian_version = match.group(2)
+    upstream = debian_version.split(":", 1)[-1]  # epoch
+    native = (DEBIAN / "source" / "format").read_text(encoding="utf-8").strip() == "3.0 (native)"
+    if not native:
+        upstream, sep, revision = upstream.rpartition("-")
+        assert sep and revision, f"non-native version {debian_version!r} needs a revision"
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        project_version = tomllib.load(fh)["project"]["version"]
+    assert upstream == project_version
