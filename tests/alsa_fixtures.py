@@ -579,8 +579,10 @@ def fake_microphone(
                 os.environ.pop("ALSA_CONFIG_PATH", None)
             else:
                 os.environ["ALSA_CONFIG_PATH"] = previous
-        if writer is not None and not writer.stop(timeout=5.0):
-            raise RuntimeError(f"FIFO writer {writer.name} did not stop within 5 s")
+        stopped = writer is None or writer.stop(timeout=5.0)
+    # Only reached without an exception in flight, so it never masks the test's own error.
+    if not stopped:
+        raise RuntimeError(f"FIFO writer {writer.name if writer else ''} did not stop in 5 s")
 
 
 # A PCM that alsa-lib cannot open: PortAudio probes it during PyAudio() and alsa-lib prints

@@ -110,6 +110,12 @@ def pump_until(
             on_block(block)
 
 
+def quiet_for(src: PyAudioSource, seconds: float) -> bool:
+    """True once the last PortAudio callback is more than ``seconds`` old."""
+    last = src.last_block_at
+    return last is not None and time.monotonic() - last > seconds
+
+
 def stalled(src: PyAudioSource) -> bool:
     return src.stalled  # a call, so mypy does not keep a narrowed property value
 
@@ -209,12 +215,7 @@ def test_full_queue_drops_the_oldest_blocks_and_counts_them(tmp_path: Path) -> N
             src.open()
             wait_until(lambda: src.stats.blocks >= 15, 3.0, "15 blocks")  # nobody reads
             mic.writer.pause()  # freeze the counts: no callbacks once the FIFO is empty
-
-            def quiet() -> bool:
-                last = src.last_block_at
-                return last is not None and time.monotonic() - last > 0.1
-
-            wait_until(quiet, 2.0, "callbacks to stop")
+            wait_until(lambda: quiet_for(src, 0.1), 2.0, "callbacks to stop")
             stats = src.stats
             queued = []
             while (block := src.read(0)) is not None:
@@ -280,7 +281,7 @@ def test_close_is_bounded_when_portaudio_hangs(
             src.open()
             read_frames(src, 1600)
             mic.writer.pause()  # PortAudio's thread now sits in read(2) on the FIFO
-            time.sleep(0.1)
+            wait_until(lambda: quiet_for(src, 0.1), 2.0, "callbacks to stop")
             caplog.set_level(logging.WARNING, logger="edgevoice.audio.pyaudio_source")
             started = time.monotonic()
             src.close()  # Pa_CloseStream hangs until the FIFO delivers

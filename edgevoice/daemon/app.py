@@ -248,7 +248,7 @@ class Daemon:
             ("audio chunks captured", f"{c['chunks_captured']}"),
             ("audio chunks sent", f"{c['chunks_sent']} ({c['audio_bytes_sent']} bytes, "
                                   f"{sent_s:.1f} s of 24 kHz audio)"),
-            ("replayed after outage", f"{c['chunks_replayed']}"),
+            ("sent from the outage buffer", f"{c['chunks_replayed']}"),
             ("dropped (outage buffer full)", f"{c['chunks_dropped_outage']}"),
             ("capture overflows / drops", f"{c['capture_overflows']} / "
                                           f"{c['capture_dropped_blocks']}"),
