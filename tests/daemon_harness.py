@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import yaml
-
 from alsa_fixtures import write_wav
 
 RATE = 24000

@@ -42,7 +42,9 @@ def source_signal(rate: int, seconds: float) -> npt.NDArray[np.int16]:
     lowpass = butter(10, 9000, fs=24000, output="sos")
     base = sosfiltfilt(lowpass, speech_like_24k(seconds, seed=11).astype(np.float64))
     up, down = rate // gcd(rate, 24000), 24000 // gcd(rate, 24000)
-    return np.clip(resample_poly(base, up, down), -32768, 32767).astype(np.int16)
+    out: npt.NDArray[np.int16] = np.clip(resample_poly(base, up, down), -32768, 32767).astype(
+        np.int16)
+    return out
 
 
 def fractional_shift(x: npt.NDArray[np.float64], shift: float) -> npt.NDArray[np.float64]:

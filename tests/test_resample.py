@@ -13,7 +13,7 @@ import re
 import numpy as np
 import numpy.typing as npt
 import pytest
-from scipy import signal  # type: ignore[import-untyped]
+from scipy import signal
 
 import edgevoice.audio.resample as resample_module
 from edgevoice.audio.resample import StreamingResampler, resample

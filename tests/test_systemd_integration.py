@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def notify_env(notify: NotifyRecorder) -> dict[str, str]:
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_ready_status_pings_and_stopping(server: DevServer, notify: NotifyRecorder,

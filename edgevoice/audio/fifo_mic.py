@@ -23,6 +23,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ class FifoFeeder(threading.Thread):
             self._halt.wait(0.002)
         return None
 
-    def _periods(self) -> npt.NDArray[np.int16]:
+    def _periods(self) -> Iterator[npt.NDArray[np.int16]]:
         n = self._period
         channels = self._frames.shape[1]
         rng = np.random.default_rng(0)
@@ -109,8 +110,7 @@ class FifoFeeder(threading.Thread):
         try:
             fd = self._open()
             start = time.monotonic()
-            sent = 0
-            for block in self._periods():
+            for sent, block in enumerate(self._periods(), start=1):
                 if self._halt.is_set() or fd is None:
                     return
                 data = block.tobytes()
@@ -127,7 +127,6 @@ class FifoFeeder(threading.Thread):
                             return
                     if self._halt.is_set():
                         return
-                sent += 1
                 due = start + sent * self._period / self._rate
                 self._halt.wait(max(0.0, due - time.monotonic()))
         except BaseException as exc:  # noqa: BLE001 - reported to whoever started us

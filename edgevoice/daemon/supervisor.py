@@ -35,8 +35,8 @@ log = logging.getLogger("edgevoice.supervisor")
 TICK_S = 0.1
 STOP_BUDGET_S = 1.5  # flush what can be sent on shutdown, then close
 DRAIN_OLD_SESSION_S = 3.0  # after a rollover, let the old session's last events arrive
-QUIET_LOG_AFTER = 5
-REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets  # consecutive failures logged individually, then one summary line
+QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summary line
+REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets
 
 
 @dataclass
