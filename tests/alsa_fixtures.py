@@ -24,12 +24,22 @@ What was found out empirically (alsa-lib 1.2.8, PortAudio 19.6, PyAudio 0.2.14):
   test therefore closes its source (which terminates PortAudio) before the next config is
   used. Subprocesses get ``mic.env`` merged into their environment.
 * alsa-lib opens ``infile`` when the PCM is opened, and PortAudio opens every capture PCM
-  while it enumerates, so with a FIFO ``PyAudio()`` blocks in ``open(2)`` until a writer has
-  the FIFO open. ``FifoWriter`` therefore polls ``open(O_WRONLY|O_NONBLOCK)`` (ENXIO while
-  no reader) every 2 ms from its own thread, started before ``PyAudio()``. Enumeration and
-  format checks open and close the PCM several times; the writer's next write then fails with
-  EPIPE, and it reopens. Bytes it had written that the closed reader never read (FIONREAD)
-  are put back in front of the signal, so ``frames_written`` counts only delivered frames.
+  while it enumerates (and again for every ``is_format_supported`` and ``open``), so with a
+  FIFO each of these blocks in ``open(2)`` until a writer has the FIFO open. Worse,
+  PyAudio's ``is_format_supported`` holds the GIL while it blocks there (``PyAudio()`` and
+  ``open()`` release it), so a writer *thread* that is between two opens at that moment can
+  never run again: the process deadlocks (or, as seen under pytest with scipy loaded,
+  segfaults). ``FifoWriter.start()`` therefore first opens a "keeper" descriptor
+  ``O_RDWR`` (Linux allows that on a FIFO and it never blocks) and holds it until ``stop()``
+  or ``close()``: a writer always exists, so readers never block in ``open(2)``, and a reader
+  always exists, so writes never fail with EPIPE when PortAudio closes a probing handle.
+  What such a handle did not read stays in the pipe, in order, for the next reader; to keep
+  that backlog small the writer does not write while two chunks are already queued (a
+  microphone nobody listens to does not buffer). With ``keep_open=False`` the writer
+  instead polls ``open(O_WRONLY|O_NONBLOCK)`` (ENXIO while there is no reader) every 2 ms
+  and, when a write fails with EPIPE because the reader closed, reopens and puts the bytes
+  that reader never read (FIONREAD) back in front of the signal; that mode is only safe
+  when the reader is another process.
 * The file plugin does one ``read(2)`` per period and commits the whole period even when the
   read returned less (the rest of the buffer keeps stale data). Reads on a FIFO return what
   is there, so the writer must write whole periods: ``chunk_frames`` must equal the reader's
@@ -44,8 +54,9 @@ What was found out empirically (alsa-lib 1.2.8, PortAudio 19.6, PyAudio 0.2.14):
 * ``pause()`` keeps the FIFO open without writing: the reader blocks in ``read(2)`` inside
   PortAudio's callback thread, callbacks stop, the stream stays "active" (a stall).
   ``Pa_CloseStream``/``Pa_StopStream`` then hang until data or EOF arrives; this is how the
-  tests show that ``PyAudioSource.close()`` is bounded. ``close()`` closes the write end: the
-  reader gets EOF and the file plugin then repeats stale data as fast as it is read.
+  tests show that ``PyAudioSource.close()`` is bounded. ``close()`` closes the write end
+  (and the keeper): the reader gets EOF and the file plugin then repeats stale data as fast
+  as it is read.
 * A plain file as ``infile`` is read as fast as possible (no pacing) and, after its end,
   stale data repeats. The null slave never reports an xrun, so PortAudio's
   ``paInputOverflow`` cannot be provoked with this PCM.
@@ -281,6 +292,8 @@ class FifoWriter(threading.Thread):
         chunk_frames: int,
         signal: Signal | None = None,
         loop: bool = True,
+        keep_open: bool = True,
+        max_queued_chunks: int = 2,
     ) -> None:
         super().__init__(name=f"fifo-writer-{Path(path).name}", daemon=True)
         if chunk_frames <= 0:
@@ -290,6 +303,9 @@ class FifoWriter(threading.Thread):
         self.channels = channels
         self.chunk_frames = chunk_frames
         self.frame_bytes = 2 * channels
+        self.keep_open = keep_open
+        self.max_queued_chunks = max_queued_chunks
+        self._keeper = -1
         self.stop_event = threading.Event()
         self.exhausted = threading.Event()
         self.connected = threading.Event()
@@ -308,7 +324,9 @@ class FifoWriter(threading.Thread):
 
     @property
     def frames_written(self) -> int:
-        """Frames that went into the FIFO and were not lost with a closing reader."""
+        """Frames that went into the FIFO (minus, without the keeper, those a closing reader
+        never read). With the keeper, up to ``max_queued_chunks`` of them may still sit in the
+        pipe."""
         return self._net_bytes // self.frame_bytes
 
     def feed(self, signal: Signal | None, *, loop: bool = True) -> None:
@@ -332,7 +350,7 @@ class FifoWriter(threading.Thread):
         self._paused.clear()
 
     def close(self) -> None:
-        """Close the write end (the reader sees EOF) and stay closed until reopen()."""
+        """Close the write end and the keeper (the reader sees EOF) until reopen()."""
         self._close_requested.set()
 
     def reopen(self) -> None:
@@ -362,12 +380,26 @@ class FifoWriter(threading.Thread):
 
     # -- the thread --
 
+    def start(self) -> None:
+        """Open the keeper descriptor (see the module docstring), then start the thread."""
+        if self.keep_open:
+            self._keeper = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        super().start()
+
+    def _close_keeper(self) -> None:
+        if self._keeper >= 0:
+            os.close(self._keeper)
+            self._keeper = -1
+
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
                 if self._close_requested.is_set():
+                    self._close_keeper()
                     self.stop_event.wait(0.005)
                     continue
+                if self.keep_open and self._keeper < 0:
+                    self._keeper = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
                 fd = self._open()
                 if fd is None:
                     continue
@@ -378,6 +410,8 @@ class FifoWriter(threading.Thread):
                     os.close(fd)
         except BaseException as exc:  # noqa: BLE001 - reported through .error to the test
             self.error = exc
+        finally:
+            self._close_keeper()
 
     def _open(self) -> int | None:
         while not self.stop_event.is_set() and not self._close_requested.is_set():
@@ -440,6 +474,10 @@ class FifoWriter(threading.Thread):
                 continue
             if now - due > 0.2:  # fell far behind (reader not reading): re-anchor
                 t0, sent = now, 0
+            if self.keep_open and self._queued(fd) >= self.max_queued_chunks * self.chunk_frames:
+                self.stop_event.wait(min(self.chunk_frames / self.rate, 0.01))
+                t0, sent = time.monotonic(), 0  # nobody reads: do not get ahead
+                continue
             with self._lock:
                 generation = self._generation
             chunk = self._next_chunk()
@@ -452,11 +490,7 @@ class FifoWriter(threading.Thread):
             self._net_bytes += done
             if broken:  # EPIPE: the reader went away
                 self.broken_pipes += 1
-                try:
-                    raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-                    unread = int.from_bytes(raw, "little", signed=True)
-                except OSError:
-                    unread = 0
+                unread = self._queued(fd) * self.frame_bytes
                 in_pipe = (b"".join(history) + data[:done])[-unread:] if unread > 0 else b""
                 self._net_bytes -= len(in_pipe)
                 with self._lock:
@@ -471,6 +505,14 @@ class FifoWriter(threading.Thread):
             while history and history_bytes - len(history[0]) >= capacity:
                 history_bytes -= len(history.popleft())
             sent += chunk.shape[0]
+
+    def _queued(self, fd: int) -> int:
+        """Frames in the pipe that no reader has taken yet."""
+        try:
+            raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int.from_bytes(raw, "little", signed=True) // self.frame_bytes
 
     def _write(self, fd: int, data: bytes) -> tuple[int, bool]:
         """(bytes written, reader gone): all bytes unless stopped or EPIPE."""
@@ -530,12 +572,15 @@ def fake_microphone(
     set_environ: bool = True,
     pcm_name: str = PCM_NAME,
     extra_config: str = "",
+    keep_open: bool = True,
 ) -> Iterator[FakeMic]:
     """An ALSA capture PCM ``pcm_name`` delivering ``signal`` at ``rate``/``channels``.
 
     ``fifo=True``: a FIFO fed in real time by a started ``FifoWriter`` (whole chunks of
     ``chunk_frames``, default ``rate * block_ms / 1000`` to match ``PyAudioSource``).
     ``fifo=False``: a plain file holding ``signal`` (an array), read as fast as possible.
+    ``keep_open=False`` drops the writer's keeper descriptor (only for readers in another
+    process; see the module docstring).
     ``set_environ=True`` points ``os.environ["ALSA_CONFIG_PATH"]`` at the config for the
     duration (restored afterwards). On exit the writer is stopped (joined with a timeout);
     close the sources that use the PCM before leaving the block.
@@ -550,7 +595,13 @@ def fake_microphone(
             infile.unlink()
         os.mkfifo(infile)
         writer = FifoWriter(
-            infile, rate=rate, channels=channels, chunk_frames=chunk, signal=signal, loop=loop
+            infile,
+            rate=rate,
+            channels=channels,
+            chunk_frames=chunk,
+            signal=signal,
+            loop=loop,
+            keep_open=keep_open,
         )
     else:
         if not isinstance(signal, np.ndarray):

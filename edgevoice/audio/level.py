@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,9 @@ DIGITAL_SILENCE = "digital silence"
 REPEATED_BUFFER = "repeated buffer"
 
 
+RECENT_BLOCKS = 64  # about a second of 20 ms blocks: longer than any ALSA ring buffer
+
+
 class DeadInputDetector:
     """Detect digital silence or a repeated buffer lasting ``warn_after_s`` seconds.
 
@@ -97,7 +101,10 @@ class DeadInputDetector:
             raise ValueError(f"warn_after_s must not be negative, not {warn_after_s}")
         self._warn_after_s = warn_after_s
         self._clock = clock
-        self._previous_digest: bytes | None = None
+        # Recent block digests: a stuck driver may cycle through its whole ring buffer, so
+        # a repeat is "seen lately", not only "same as the previous block". Live audio
+        # never repeats bit for bit (there is always noise).
+        self._recent: deque[bytes] = deque(maxlen=RECENT_BLOCKS)
         self._since: float | None = None
         self._dead = False
         self._reason = ""
@@ -122,8 +129,8 @@ class DeadInputDetector:
         """DIGITAL_SILENCE, REPEATED_BUFFER or "" for this block (updates the hash memory)."""
         data = np.ascontiguousarray(samples).tobytes()
         digest = hashlib.blake2b(data, digest_size=16).digest()
-        repeated = digest == self._previous_digest
-        self._previous_digest = digest
+        repeated = digest in self._recent
+        self._recent.append(digest)
         if samples.size and not samples.any():
             return DIGITAL_SILENCE
         if samples.size and repeated:
