@@ -85,8 +85,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edgevoice.audio import fifo_mic
+
 PCM_NAME = "edgevoice_test"
-SYSTEM_ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
+SYSTEM_ALSA_CONF = fifo_mic.SYSTEM_ALSA_CONF
 _F_GETPIPE_SZ: int = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 Int16Array = npt.NDArray[np.int16]
@@ -99,30 +101,11 @@ Signal = Int16Array | Iterable[Int16Array]
 def alsa_config_text(
     *, infile: str | Path, rate: int, channels: int, pcm_name: str = PCM_NAME, extra: str = ""
 ) -> str:
-    """Text of an ALSA config defining ``pcm_name`` as described in the module docstring."""
-    infile = str(infile)
-    if '"' in infile or "\\" in infile:
-        raise ValueError(f"unsupported characters in {infile!r}")
-    return f"""\
-<{SYSTEM_ALSA_CONF}>
+    """Text of an ALSA config defining ``pcm_name`` as described in the module docstring.
 
-pcm.{pcm_name} {{
-    type plug
-    slave {{
-        pcm {{
-            type file
-            slave.pcm null
-            file "/dev/null"
-            infile "{infile}"
-            format "raw"
-        }}
-        rate {int(rate)}
-        channels {int(channels)}
-        format S16_LE
-    }}
-    hint.description "edgevoice test microphone"
-}}
-{extra}"""
+    The same PCM the demo uses (edgevoice.audio.fifo_mic), plus optional ``extra`` text.
+    """
+    return fifo_mic.alsa_config_text(Path(infile), rate, channels, pcm_name) + extra
 
 
 def write_alsa_config(
