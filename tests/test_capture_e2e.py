@@ -7,7 +7,6 @@ mono downmix, after alignment; every frame text; session.update acknowledged fir
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from math import gcd
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from alsa_fixtures import fake_microphone
-from daemon_harness import FAST, KEY, merge, running_daemon, speech_like_24k, wait_until
+from daemon_harness import FAST, merge, running_daemon, speech_like_24k, wait_until
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from edgevoice.devserver import DevServer
@@ -23,14 +22,6 @@ from edgevoice.devserver import DevServer
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(api_key=KEY)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def source_signal(rate: int, seconds: float) -> npt.NDArray[np.int16]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ pytestmark = pytest.mark.integration
 SOURCE = speech_like_24k(90.0)
 
 
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(api_key=KEY)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def streaming_sessions(server: DevServer) -> int:

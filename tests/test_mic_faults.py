@@ -5,14 +5,13 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 from alsa_fixtures import SYSTEM_ALSA_CONF, fake_microphone
-from daemon_harness import FAST, KEY, merge, running_daemon, speech_like_24k, wait_until
+from daemon_harness import FAST, merge, running_daemon, speech_like_24k, wait_until
 from systemd_fixtures import NotifyRecorder
 
 from edgevoice.audio.source import CapturedBlock, CaptureStats
@@ -26,14 +25,6 @@ from edgevoice.errors import AudioDeviceError
 RATE = 48000
 
 
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(api_key=KEY)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def mic_config(device: str, url: str) -> dict[str, object]:

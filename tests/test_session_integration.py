@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from daemon_harness import KEY
 
 from edgevoice.devserver import DevServer
 from edgevoice.errors import AuthError, ConfigError, ConnectionLost, SessionConfigRejected
@@ -16,8 +17,6 @@ from edgevoice.realtime.protocol import ServerEvent
 from edgevoice.realtime.session import RealtimeSession
 from edgevoice.realtime.transport import WebSocketTransport
 from edgevoice.settings import ServerSettings, SessionSettings
-
-KEY = "test-key-not-a-secret-123"
 
 
 class Recorder:
@@ -39,14 +38,6 @@ class Recorder:
             return [e.type for e in self.events]
 
 
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(api_key=KEY)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def make_session(server: DevServer, session: SessionSettings | None = None,

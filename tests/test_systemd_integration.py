@@ -13,7 +13,6 @@ import yaml
 from alsa_fixtures import fake_microphone
 from daemon_harness import (
     FAST,
-    KEY,
     merge,
     running_daemon,
     speech_like_24k,
@@ -31,14 +30,6 @@ HALF_S = WATCHDOG_USEC / 2 / 1e6
 SOURCE = speech_like_24k(60.0)
 
 
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(api_key=KEY)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
