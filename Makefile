@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # What the build (PyAudio, systemd-python) and the tests (ALSA file PCM, espeak-ng, sox,
 # systemd-analyze, systemd-journald) need from Debian.
 APT_PACKAGES := portaudio19-dev libsystemd-dev pkg-config gcc python3-dev python3-venv \
-	alsa-utils libasound2-plugins espeak-ng sox systemd
+	alsa-utils espeak-ng sox systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck pytest bench deps venv clean deb

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_harness import KEY, running_daemon, speech_like_24k, wav_config
+
+from edgevoice.devserver import DevServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -418,3 +421,33 @@ def test_auto_mode_under_journal_stream(journal: Journal, variant: str) -> None:
             ("6", "of one record"),
         ]
     assert_secret_nowhere(journal, since, key)
+
+
+# ----------------------------------------------------------------------------------------
+# the daemon itself, logging natively to the journal
+# ----------------------------------------------------------------------------------------
+
+
+def test_daemon_journal_entries_have_structured_fields_and_no_key(
+    journal: Journal, server: DevServer, tmp_path: Path
+) -> None:
+    since = time.time() - 1
+    config = wav_config(tmp_path, server.url, speech_like_24k(30.0),
+                        {"logging": {"journald": "on", "level": "info"}})
+    with running_daemon(tmp_path, config) as daemon:
+        assert _wait_for(lambda: any(s.first_append_at for s in server.sessions()), 15)
+        server.close_all(1011, "test")
+        assert _wait_for(lambda: sum(1 for s in server.sessions() if s.first_append_at) >= 2,
+                         15)
+        pid = daemon.proc.pid
+        assert daemon.stop() == 0
+    lost = wait_for_entries(journal, 1, f"_PID={pid}", "EDGEVOICE_EVENT=session_lost",
+                            since=since)[0]
+    assert lost["EDGEVOICE_CLOSE_CODE"] == "1011"
+    assert lost["EDGEVOICE_SESSION"].startswith("sess_")
+    assert lost["PRIORITY"] == "4"
+    assert lost["SYSLOG_IDENTIFIER"] == "edgevoice"
+    configured = read_entries(journal, f"_PID={pid}", "EDGEVOICE_EVENT=session.updated",
+                              since=since)
+    assert len(configured) >= 2 and all(e["PRIORITY"] == "6" for e in configured)
+    assert_secret_nowhere(journal, since, KEY)

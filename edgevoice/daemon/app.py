@@ -87,7 +87,8 @@ class Daemon:
             ca_file=server.ca_file,
         )
         return RealtimeSession(transport, self.settings.session, self,
-                               update_timeout_s=server.session_update_timeout_s, name=name)
+                               update_timeout_s=server.session_update_timeout_s, name=name,
+                               log_all_events=self.settings.logging.log_all_events)
 
     # -- running -------------------------------------------------------------------------
 

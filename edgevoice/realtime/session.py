@@ -55,7 +55,9 @@ class RealtimeSession:
         clock: Clock = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         name: str = "session",
+        log_all_events: bool = False,
     ) -> None:
+        self._log_all_events = log_all_events
         self._transport = transport
         self._settings = settings
         self._observer = observer

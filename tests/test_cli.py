@@ -1,0 +1,70 @@
+"""The command line as a user meets it: exit codes and one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edgevoice import __version__
+
+
+def edgevoice(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OPENAI_API_KEY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")}
+    return subprocess.run([sys.executable, "-m", "edgevoice", *args], capture_output=True,
+                          text=True, env={**base, **(env or {})}, timeout=timeout, check=False)
+
+
+def test_version() -> None:
+    result = edgevoice("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"edgevoice {__version__}"
+
+
+def test_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("audio:\n  chunk_ms: 7\n")
+    for command in ("run", "check"):
+        result = edgevoice(command, "--config", str(config))
+        assert result.returncode == 78
+        assert "audio.chunk_ms: 7 is not one of 10, 20, 40, 50, 100" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_exits_78(tmp_path: Path) -> None:
+    result = edgevoice("run", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 78 and "configuration file not found" in result.stderr
+
+
+def test_missing_api_key_exits_78_and_says_where_it_looked(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  api_key_env: EDGEVOICE_NO_SUCH_KEY\nlogging:\n  journald: off\n")
+    result = edgevoice("run", "--config", str(config))
+    assert result.returncode == 78
+    assert "no API key found; looked in:" in result.stderr
+    assert "environment variable EDGEVOICE_NO_SUCH_KEY (not set)" in result.stderr
+    assert "server.api_key_file (not set)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_passes_without_printing_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  api_key_env: EDGEVOICE_K\n")
+    result = edgevoice("check", "--config", str(config), env={"EDGEVOICE_K": "sk-abc123secret"})
+    assert result.returncode == 0 and "configuration OK" in result.stdout
+    assert "sk-abc123secret" not in result.stdout + result.stderr
+
+
+def test_unreachable_server_is_a_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "audio: {wav_file: " + str(Path(__file__).parent.parent / "edgevoice/data/sample.wav")
+        + "}\nserver: {url: 'ws://127.0.0.1:9/v1/realtime', api_key_env: EDGEVOICE_K}\n"
+        "logging: {journald: off}\n")
+    result = edgevoice("run", "--config", str(config), "--duration", "2",
+                       env={"EDGEVOICE_K": "k"})
+    assert result.returncode == 0  # it kept retrying until told to stop
+    assert "connection failed: cannot connect: connection refused; retry in" in result.stderr
+    assert "Traceback" not in result.stderr
