@@ -101,4 +101,5 @@ def test_microphone_audio_reaches_the_server_intact(server: DevServer, tmp_path:
     reference = resample_poly(np.tile(downmix, 3), 24000 // gcd(rate, 24000),
                               rate // gcd(rate, 24000))
     snr = snr_after_alignment(received[: 24000 * 5], reference)
+    print(f"end-to-end SNR {rate} Hz {channels} ch: {snr:.1f} dB")
     assert snr >= 40.0, f"SNR {snr:.1f} dB"

@@ -33,7 +33,7 @@ from edgevoice.settings import Settings
 log = logging.getLogger("edgevoice.supervisor")
 
 TICK_S = 0.1
-STOP_BUDGET_S = 1.5  # flush what can be sent on shutdown, then close
+STOP_BUDGET_S = 1.0  # flush what can be sent on shutdown, then close
 DRAIN_OLD_SESSION_S = 3.0  # after a rollover, let the old session's last events arrive
 QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summary line
 REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets
@@ -77,6 +77,7 @@ class Supervisor:
         self.stop_requested = False  # set from a signal handler: a plain flag, nothing else
         self._attempt: _Attempt | None = None
         self._next_attempt_at = 0.0
+        self._rollover_retry_at = 0.0
         self._connected_since: float | None = None
         self._failures_in_row = 0
         self._draining: list[tuple[RealtimeSession, float]] = []
@@ -124,7 +125,7 @@ class Supervisor:
             fatal = self._session_failed(current, now)
             if fatal is not None:
                 return fatal
-            current = None
+            current = self._uplink.target  # the rollover session, if one was ready
         pending = self._uplink.pending
         if pending is not None and pending.failed.is_set():
             # The next session died before the switch: forget it, roll over again later.
@@ -209,8 +210,11 @@ class Supervisor:
             return error
         self._stats.add("connect_failures")
         if for_rollover:
-            # The current session still streams: try the rollover again soon.
-            log.warning("could not open the next session: %s", error)
+            # The current session still streams: try again after a backoff delay.
+            retry_after = error.retry_after_s if isinstance(error, ConnectionLost) else None
+            delay = self._backoff.next_delay(retry_after)
+            self._rollover_retry_at = now + delay
+            log.warning("could not open the next session: %s; retry in %.1fs", error, delay)
             return None
         retry_after = error.retry_after_s if isinstance(error, ConnectionLost) else None
         delay = self._backoff.next_delay(retry_after)
@@ -279,7 +283,8 @@ class Supervisor:
         return now + max(0.0, expires - self._wall() - 5.0)
 
     def _check_rollover(self, current: RealtimeSession, now: float) -> None:
-        if self._attempt is not None or self._uplink.pending is not None:
+        if self._attempt is not None or self._uplink.pending is not None or \
+                now < self._rollover_retry_at:
             return
         expires = current.expires_at_wall
         if expires is None:
@@ -341,7 +346,8 @@ class Supervisor:
             attempt.cancel.set()
             attempt.session.abort()
             attempt.thread.join(1.0)
-        sessions = [s for s in (self._uplink.detach(), self._uplink.pending) if s is not None]
+        sessions = [s for s in (self._uplink.detach(), self._uplink.pending,
+                                self._uplink.take_retired()) if s is not None]
         sessions += [s for s, _ in self._draining]
         for session in sessions:
             session.close(1000, "client stopping", join_timeout_s=1.0)

@@ -59,7 +59,9 @@ class Uplink:
         with self._lock:
             old, self._target = self._target, None
             if replay_since is not None:
-                self._replay_since = replay_since
+                pending = self._replay_since
+                self._replay_since = replay_since if pending is None else min(pending,
+                                                                              replay_since)
             else:
                 self._sent.clear()
             return old
@@ -131,8 +133,10 @@ class Uplink:
             nxt, old = self._next, self._target
             if nxt is None or old is None:
                 return
+            if old.failed.is_set():
+                return  # the supervisor handles it: replay, fatal exits, then the switch
             quiet = old.is_quiet() and chunk_rms < -45.0
-            if quiet or old.failed.is_set() or self._clock() >= self._next_deadline:
+            if quiet or self._clock() >= self._next_deadline:
                 self._target, self._next, self._retired = nxt, None, old
                 self._sent.clear()
                 self._stats.add("rollovers")

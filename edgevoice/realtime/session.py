@@ -151,13 +151,18 @@ class RealtimeSession:
                 if klass is ErrorClass.CREDENTIALS:
                     raise AuthError(f"server rejected the credentials: {error.code}: "
                                     f"{error.message}")
-                if update_id and (error.event_id in ("", update_id)) and \
-                        klass is not ErrorClass.BENIGN:
-                    raise SessionConfigRejected(_rejection_text(error))
                 if klass is ErrorClass.RATE_LIMITED:
                     raise ConnectionLost(f"rate limited: {error.message}")
                 if klass is ErrorClass.SESSION_EXPIRED:
                     raise ConnectionLost("session expired while configuring", close_code=1001)
+                if klass is ErrorClass.CONFIG:
+                    raise ConfigError(_rejection_text(error))
+                # A rejection of our update names it, or is a request error without an id;
+                # a server_error without one is the server's trouble, not our settings'.
+                if update_id and klass is ErrorClass.OTHER and (
+                        error.event_id == update_id
+                        or (not error.event_id and error.type == "invalid_request_error")):
+                    raise SessionConfigRejected(_rejection_text(error))
             else:
                 self._log_event(event)
         raise ConnectionLost("cancelled while connecting")
@@ -202,10 +207,15 @@ class RealtimeSession:
         return not self.speech_active and not self.response_active
 
     def fail(self, error: EdgeVoiceError) -> None:
+        """Record what ended the session; a fatal cause (bad key, bad config) found a moment
+        after a transient symptom of it (the send that failed on the closing socket) wins."""
         if not self.failed.is_set():
             self.failure = error
             self.failed_at = self._clock()
             self.failed.set()
+        elif isinstance(error, AuthError | ConfigError) and \
+                isinstance(self.failure, ConnectionLost):
+            self.failure = error
 
     def close(self, code: int = 1000, reason: str = "", join_timeout_s: float = 2.0) -> None:
         self._stop.set()

@@ -84,6 +84,8 @@ class WebSocketTransport:
                 header=[f"{k}: {v}" for k, v in self._headers.items()],
                 timeout=self._connect_timeout_s,
                 suppress_origin=True,
+                # A redirect would carry our Authorization header to another host.
+                redirect_limit=0,
             )
         except websocket.WebSocketBadStatusException as exc:
             self._closed.set()
@@ -97,6 +99,15 @@ class WebSocketTransport:
         except (OSError, websocket.WebSocketException) as exc:
             self._closed.set()
             raise ConnectionLost(f"cannot connect: {_describe_os_error(exc)}") from None
+        response = getattr(self._ws, "handshake_response", None)
+        status = getattr(response, "status", 101)
+        if status != 101:
+            location = (getattr(response, "headers", None) or {}).get("location", "?")
+            self.abort()
+            raise ConfigError(
+                f"server.url: the server redirects (HTTP {int(status)}) to {location}; "
+                "edgevoice does not follow redirects with the API key: set that URL"
+            )
         self._ws.settimeout(self._socket_timeout_s)
         now = self._clock()
         self._last_pong = now
@@ -187,11 +198,15 @@ class WebSocketTransport:
         return ConnectionLost(text, close_code=self.close_code)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close politely; bounded even when the peer never answers."""
+        """Send a close frame, then drop the socket without waiting for the answer.
+
+        Waiting for the peer's close would cost up to a second per session when it is a
+        black hole, and nothing we need comes after our close.
+        """
         if not self._closed.is_set():
             self._closed.set()
             with contextlib.suppress(OSError, websocket.WebSocketException):
-                self._ws.close(status=code, reason=reason.encode(), timeout=1.0)
+                self._ws.send_close(code, reason.encode())
         self.abort()
 
     def abort(self) -> None:
