@@ -290,6 +290,11 @@ def _check_range(path: str, value: float) -> None:
 
 
 def check_settings(s: Settings) -> None:
+    if s.playback.enabled:
+        raise ConfigError(
+            "playback.enabled: true is not supported yet (answers are received and counted "
+            "but not played); set it to false"
+        )
     if s.reconnect.max_s < s.reconnect.initial_s:
         raise ConfigError(
             f"reconnect.max_s: {s.reconnect.max_s:g} is below reconnect.initial_s "
