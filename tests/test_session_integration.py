@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
-from daemon_harness import KEY
+from daemon_harness import KEY, wait_until
 
 from edgevoice.devserver import DevServer
 from edgevoice.errors import AuthError, ConfigError, ConnectionLost, SessionConfigRejected
@@ -74,7 +72,7 @@ def test_configured_before_audio_and_turns_answered(server: DevServer) -> None:
         assert server.wait_for(lambda s: s.sessions()[0].audio_bytes == len(pcm), 10)
         assert server.wait_for(
             lambda s: "response.done" in [e["type"] for e in s.sessions()[0].server_events], 10)
-        assert _wait(lambda: "response.done" in recorder.types())
+        assert wait_until(lambda: "response.done" in recorder.types())
     finally:
         session.close()
     assert server.wait_for(lambda s: s.sessions()[0].close_code is not None, 5)
@@ -89,17 +87,6 @@ def test_configured_before_audio_and_turns_answered(server: DevServer) -> None:
         assert expected in types
     assert len(recorder.audio) > 0  # the devserver echoes the utterance
     assert record.close_code == 1000
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a client-side condition with a deadline (the client has no condition variable)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.02)
-    return predicate()
 
 
 def test_rejected_update_is_a_config_error_naming_the_field(server: DevServer) -> None:
@@ -152,7 +139,7 @@ def test_transcribe_mode(server: DevServer) -> None:
         pcm = utterance()
         for i in range(0, len(pcm), 960):
             session.send_audio(pcm[i:i + 960], -20.0)
-        assert _wait(lambda: "conversation.item.input_audio_transcription.completed"
+        assert wait_until(lambda: "conversation.item.input_audio_transcription.completed"
                      in recorder.types(), 10)
     finally:
         session.close()
@@ -177,9 +164,9 @@ def test_probe_is_answered_by_a_live_session(server: DevServer) -> None:
     session.start_reader()
     try:
         session.probe()
-        assert _wait(lambda: session.probe_sent_at is None)
+        assert wait_until(lambda: session.probe_sent_at is None)
         server.freeze()
         session.probe()
-        assert not _wait(lambda: session.probe_sent_at is None, 1.0)
+        assert not wait_until(lambda: session.probe_sent_at is None, 1.0)
     finally:
         session.close()
