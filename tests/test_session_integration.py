@@ -72,7 +72,7 @@ def test_configured_before_audio_and_turns_answered(server: DevServer) -> None:
         assert server.wait_for(lambda s: s.sessions()[0].audio_bytes == len(pcm), 10)
         assert server.wait_for(
             lambda s: "response.done" in [e["type"] for e in s.sessions()[0].server_events], 10)
-        assert wait_until(lambda: "response.done" in recorder.types())
+        assert wait_until(lambda: "response.done" in recorder.types(), 5.0)
     finally:
         session.close()
     assert server.wait_for(lambda s: s.sessions()[0].close_code is not None, 5)
@@ -164,7 +164,7 @@ def test_probe_is_answered_by_a_live_session(server: DevServer) -> None:
     session.start_reader()
     try:
         session.probe()
-        assert wait_until(lambda: session.probe_sent_at is None)
+        assert wait_until(lambda: session.probe_sent_at is None, 5.0)
         server.freeze()
         session.probe()
         assert not wait_until(lambda: session.probe_sent_at is None, 1.0)
