@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
+from unit_file import unit_directives
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN = REPO / "debian"
@@ -76,19 +77,7 @@ def _binary_paragraph() -> dict[str, str]:
 
 def _unit_values(key: str) -> list[str]:
     """Values of KEY= in the [Service] section of the unit, in order."""
-    values: list[str] = []
-    section = ""
-    for raw in UNIT.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        name, _, value = line.partition("=")
-        if section == "Service" and name.strip() == key:
-            values.append(value.strip())
-    return values
+    return unit_directives(UNIT.read_text(encoding="utf-8")).get(("Service", key), [])
 
 
 def _unit_environment(variable: str) -> str:

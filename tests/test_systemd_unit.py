@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from unit_file import unit_directives
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "edgevoice.service"
@@ -33,22 +34,6 @@ def _analyze_env() -> dict[str, str]:
     env["SYSTEMD_PAGER"] = ""
     env["SYSTEMD_COLORS"] = "0"
     return env
-
-
-def _unit_directives(text: str) -> dict[tuple[str, str], list[str]]:
-    """(section, key) -> values, keeping repeated keys (SystemCallFilter= twice, ...)."""
-    directives: dict[tuple[str, str], list[str]] = {}
-    section = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, _, value = line.partition("=")
-        directives.setdefault((section, key.strip()), []).append(value.strip())
-    return directives
 
 
 @pytest.fixture
@@ -106,7 +91,7 @@ def test_security_exposure(stub_unit: Path) -> None:
 
 
 def test_unit_has_the_required_policy() -> None:
-    d = _unit_directives(UNIT.read_text())
+    d = unit_directives(UNIT.read_text())
     expected = {
         ("Unit", "StartLimitIntervalSec"): "0",
         ("Service", "Type"): "notify",

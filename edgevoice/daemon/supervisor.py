@@ -39,6 +39,11 @@ QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summar
 REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets
 
 
+def _retry_after(error: EdgeVoiceError) -> float | None:
+    """The server's minimum wait (HTTP 429 Retry-After), if it named one."""
+    return error.retry_after_s if isinstance(error, ConnectionLost) else None
+
+
 @dataclass
 class _Attempt:
     session: RealtimeSession
@@ -211,13 +216,11 @@ class Supervisor:
         self._stats.add("connect_failures")
         if for_rollover:
             # The current session still streams: try again after a backoff delay.
-            retry_after = error.retry_after_s if isinstance(error, ConnectionLost) else None
-            delay = self._backoff.next_delay(retry_after)
+            delay = self._backoff.next_delay(_retry_after(error))
             self._rollover_retry_at = now + delay
             log.warning("could not open the next session: %s; retry in %.1fs", error, delay)
             return None
-        retry_after = error.retry_after_s if isinstance(error, ConnectionLost) else None
-        delay = self._backoff.next_delay(retry_after)
+        delay = self._backoff.next_delay(_retry_after(error))
         self._next_attempt_at = now + delay
         self._failures_in_row += 1
         self._stats.set(state="offline", last_error=str(error),
@@ -253,8 +256,7 @@ class Supervisor:
         if session.expired:
             self._next_attempt_at = now  # expiry is routine: reconnect at once
         else:
-            retry_after = error.retry_after_s if isinstance(error, ConnectionLost) else None
-            self._next_attempt_at = now + self._backoff.next_delay(retry_after)
+            self._next_attempt_at = now + self._backoff.next_delay(_retry_after(error))
         self._stats.set(state="offline", last_error=str(error))
         return None
 

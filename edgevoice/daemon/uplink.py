@@ -129,19 +129,19 @@ class Uplink:
             return self._target
 
     def _maybe_switch(self, chunk_rms: float) -> None:
-        with self._lock:
-            nxt, old = self._next, self._target
-            if nxt is None or old is None:
-                return
-            if old.failed.is_set():
-                return  # the supervisor handles it: replay, fatal exits, then the switch
-            quiet = old.is_quiet() and chunk_rms < -45.0
-            if quiet or self._clock() >= self._next_deadline:
-                self._target, self._next, self._retired = nxt, None, old
-                self._sent.clear()
-                self._stats.add("rollovers")
-                log.info("uplink switched to session %s (%s)", nxt.session_id,
-                         "quiet moment" if quiet else "deadline")
+        """Called with the lock held, from the worker thread only."""
+        nxt, old = self._next, self._target
+        if nxt is None or old is None:
+            return
+        if old.failed.is_set():
+            return  # the supervisor handles it: replay, fatal exits, then the switch
+        quiet = old.is_quiet() and chunk_rms < -45.0
+        if quiet or self._clock() >= self._next_deadline:
+            self._target, self._next, self._retired = nxt, None, old
+            self._sent.clear()
+            self._stats.add("rollovers")
+            log.info("uplink switched to session %s (%s)", nxt.session_id,
+                     "quiet moment" if quiet else "deadline")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -152,8 +152,8 @@ class Uplink:
             chunk = self._backlog.get(timeout=0.25)
             if chunk is None:
                 continue
-            self._maybe_switch(chunk.rms_dbfs)
             with self._lock:
+                self._maybe_switch(chunk.rms_dbfs)
                 session = self._target
                 if session is None or self._replay_since is not None:
                     # Detached meanwhile: this chunk is newer than any replayed one.
