@@ -1,8 +1,9 @@
 """Command line: run, check, devices, status, devserver.
 
-The only module that picks concrete classes (PyAudio or WAV source, websocket transport,
-systemd notifier) and turns every failure into an exit code with one clear line, never a
-traceback: 0 stopped on request, 77 credentials rejected, 78 configuration invalid, 1 other.
+It has the concrete parts built (`edgevoice.compose`: PyAudio or WAV source, websocket
+transport, systemd notifier) and turns every failure into an exit code with one clear
+line, never a traceback: 0 stopped on request, 77 credentials rejected, 78 configuration
+invalid, 1 other.
 """
 
 from __future__ import annotations
@@ -84,11 +85,16 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"YAML settings file (default {DEFAULT_CONFIG_PATH} if it exists)")
 
 
-def _load(args: argparse.Namespace) -> Settings:
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """The file `--config` names, else the default one if it exists (reloads re-read it)."""
     path: Path | None = args.config
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
-    return load_settings(path)
+    return path
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(_config_path(args))
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -158,16 +164,19 @@ class _Signals:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from edgevoice.compose import build_parts
     from edgevoice.daemon.app import Daemon
 
     faulthandler.enable()  # a SIGABRT from the systemd watchdog dumps every thread's stack
     signals = _Signals()
     signals.install()
-    settings = _load(args)
+    path = _config_path(args)
+    settings = load_settings(path)
     if args.url:
         settings = replace(settings, server=replace(settings.server, url=args.url))
         check_settings(settings)
-    daemon = Daemon(settings, config_path=args.config, signals=signals)
+    daemon = Daemon(settings, build_parts(), config_path=path, signals=signals)
+    daemon.url_override = args.url
     started = time.monotonic()
     code = daemon.run(duration_s=args.duration)
     if args.summary:

@@ -8,6 +8,7 @@ its summary at the end, and leaves no process behind, whatever happens.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevoice.audio.fifo_mic import FifoFeeder, make_fifo_microphone
+from edgevoice.audio.fifo_mic import FifoWriter, make_fifo_microphone
 from edgevoice.audio.resample import resample
 from edgevoice.audio.wav_source import load_wav_mono
 
@@ -79,7 +80,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgevoice-demo-") as tmp:
         fifo, alsa_config = make_fifo_microphone(Path(tmp), PCM_NAME, MIC_RATE, MIC_CHANNELS)
         env["ALSA_CONFIG_PATH"] = str(alsa_config)
-        feeder = FifoFeeder(fifo, frames, MIC_RATE, period_frames=MIC_RATE * 20 // 1000)
+        # After the sample, a quiet room (faint noise, not digital zeros) until stopped. The
+        # reader is the daemon, another process: no keeper needed (see fifo_mic).
+        room = np.random.default_rng(0).normal(0, 8, (MIC_RATE, MIC_CHANNELS)).astype(np.int16)
+        feeder = FifoWriter(fifo, rate=MIC_RATE, channels=MIC_CHANNELS,
+                            chunk_frames=MIC_RATE * 20 // 1000,
+                            signal=itertools.chain([frames], itertools.repeat(room)),
+                            keep_open=False)
         feeder.start()
         server, url = _start_devserver(env)
         print(f"demo: devserver on {url}; streaming {len(mono) / rate:.1f} s of speech from "

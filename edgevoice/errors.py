@@ -64,5 +64,18 @@ class ProtocolError(TransportError):
     """The server sent something we cannot interpret (malformed JSON, wrong frame type)."""
 
 
+class EndpointRejected(ConfigError):
+    """The server refused the endpoint itself (HTTP 400/404 at handshake, a redirect).
+
+    Fatal on the first connection after start or reload (the settings are wrong); once a
+    connection with these settings has worked, the supervisor retries it with a long
+    backoff instead: one bad answer from a proxy must not take an unattended device down.
+    """
+
+
+class ModelRejected(EndpointRejected):
+    """The server does not know (or no longer serves) the configured model."""
+
+
 class SessionConfigRejected(ConfigError):
     """The server refused our session shape (an ``error`` for ``session.update``, close 4000)."""

@@ -24,6 +24,12 @@ DEFAULT_CONFIG_PATH = Path("/etc/edgevoice/config.yaml")
 
 ChunkMs = Literal[10, 20, 40, 50, 100]
 
+# Current models without an announced shutdown (edgevoice/realtime/models.py keeps the
+# table of retiring ones). The transcription model is the one the realtime transcription
+# guide recommends for live audio.
+DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
+DEFAULT_TRANSCRIPTION_MODEL = "gpt-live-transcribe"
+
 
 @dataclass(frozen=True)
 class AudioSettings:
@@ -54,7 +60,7 @@ class ServerSettings:
     """The Realtime endpoint and how to authenticate (the key itself never lives here)."""
 
     url: str = "wss://api.openai.com/v1/realtime"
-    model: str = "gpt-realtime"
+    model: str = DEFAULT_REALTIME_MODEL
     dialect: Literal["openai", "azure"] = "openai"
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: str | None = None
@@ -80,7 +86,7 @@ class SessionSettings:
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
     language: str | None = None
     noise_reduction: Literal["near_field", "far_field", "none"] = "none"
 
@@ -294,6 +300,11 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(
             "playback.enabled: true is not supported yet (answers are received and counted "
             "but not played); set it to false"
+        )
+    if s.session.turn_detection == "none":
+        raise ConfigError(
+            "session.turn_detection: none needs edgevoice to commit turns itself, which comes "
+            "with the local speech gate (not built yet); use server_vad or semantic_vad"
         )
     if s.reconnect.max_s < s.reconnect.initial_s:
         raise ConfigError(

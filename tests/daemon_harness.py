@@ -1,8 +1,8 @@
 """Run `edgevoice run` as a real subprocess against an in-process devserver, and account audio.
 
-The source signal is a 24 kHz WAV (so the resampler is an identity) that never repeats a
-20 ms chunk: every chunk the server records maps to exactly one position in the source, so
-loss and duplication are counted exactly, not estimated.
+The source signal is a 24 kHz WAV (so the resampler is an identity) of ``signals.speech``,
+which never repeats a 20 ms chunk: every chunk the server records maps to exactly one
+position in the source, so loss and duplication are counted exactly, not estimated.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fakes
 import numpy as np
 import numpy.typing as npt
+import signals
 import yaml
 from alsa_fixtures import write_wav
 
@@ -44,28 +44,10 @@ FAST: dict[str, Any] = {
     "logging": {"level": "debug", "journald": "off"},
 }
 
-
-def speech_like_24k(seconds: float, seed: int = 3) -> npt.NDArray[np.int16]:
-    """Bursts of voiced, noisy 'syllables' with quiet gaps; no 20 ms chunk repeats.
-
-    The gaps hold faint noise (about -62 dBFS), not digital zeros, like a real room.
-    """
-    rng = np.random.default_rng(seed)
-    n = int(seconds * RATE)
-    t = np.arange(n) / RATE
-    out = rng.normal(0.0, 25.0, n)  # room noise
-    pos = int(0.4 * RATE)
-    while pos < n:
-        length = int(rng.uniform(0.8, 1.6) * RATE)
-        end = min(n, pos + length)
-        seg = t[pos:end]
-        f0 = rng.uniform(110, 220)
-        voiced = sum(np.sin(2 * np.pi * f0 * k * seg + rng.uniform(0, 6)) / k
-                     for k in range(1, 6))
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * seg)
-        out[pos:end] += 6000 * voiced * envelope + rng.normal(0, 300, end - pos)
-        pos = end + int(rng.uniform(0.7, 1.1) * RATE)
-    return np.clip(out, -32768, 32767).astype(np.int16)
+# test_journald, test_session_integration and test_systemd_integration import these names
+# from here; new code imports fakes.wait_until and signals.speech (24 kHz, seed 3 by default).
+wait_until = fakes.wait_until
+speech_like_24k = signals.speech
 
 
 @dataclass
@@ -144,15 +126,12 @@ class DaemonProcess:
     def wait_log(self, pattern: str, timeout: float, count: int = 1) -> bool:
         """Wait until `pattern` (regex) appears `count` times in the log, or the process ends."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        while time.monotonic() < deadline:
-            if len(regex.findall(self.log())) >= count:
-                return True
-            if self.proc.poll() is not None:
-                break
-            pause.wait(0.05)
-        return len(regex.findall(self.log())) >= count
+
+        def found() -> bool:
+            return len(regex.findall(self.log())) >= count
+
+        fakes.wait_until(lambda: found() or self.proc.poll() is not None, timeout)
+        return found()
 
     def wait_exit(self, timeout: float) -> int | None:
         try:
@@ -191,13 +170,3 @@ def wav_config(workdir: Path, url: str, signal_: npt.NDArray[np.int16],
     wav = write_wav(workdir / "source.wav", signal_, RATE)
     config = merge(FAST, {"audio": {"wav_file": str(wav)}, "server": {"url": url}})
     return merge(config, extra or {})
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        pause.wait(0.05)
-    return predicate()

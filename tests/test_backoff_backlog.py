@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
+from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog, QueuedItem
 from edgevoice.daemon.backoff import Backoff
 
 
@@ -60,7 +60,7 @@ def test_backlog_drops_oldest_and_counts() -> None:
         backlog.put(chunk(seq))
     assert backlog.dropped == 2
     got = [backlog.get(0.01) for _ in range(4)]
-    assert [c.seq for c in got if c] == [2, 3, 4]
+    assert [c.seq for c in got if isinstance(c, AudioChunk)] == [2, 3, 4]
     assert got[3] is None
 
 
@@ -73,15 +73,16 @@ def test_push_front_keeps_order_and_bound() -> None:
     backlog.put(chunk(12))
     backlog.push_front([chunk(1)])  # full: the given-back chunk is the oldest, so dropped
     assert backlog.dropped == 1
-    assert [c.seq for c in iter(lambda: backlog.get(0), None)] == [9, 10, 11, 12]
+    assert [c.seq for c in iter(lambda: backlog.get(0), None)
+            if isinstance(c, AudioChunk)] == [9, 10, 11, 12]
 
 
 def test_get_wakes_on_put() -> None:
     backlog = ChunkBacklog(2)
-    result: list[AudioChunk | None] = []
+    result: list[QueuedItem | None] = []
     reader = threading.Thread(target=lambda: result.append(backlog.get(10.0)))
     reader.start()
     backlog.put(chunk(1))
     reader.join(5.0)
-    assert not reader.is_alive() and result[0] is not None and result[0].seq == 1
+    assert not reader.is_alive() and isinstance(result[0], AudioChunk) and result[0].seq == 1
     assert backlog.clear() == 0

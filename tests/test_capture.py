@@ -11,7 +11,7 @@ have initialised ALSA before), so they run a subprocess with ``mic.env``.
 
 FIFO-backed PCMs: the writer thread is started before ``PyAudio()`` (enumeration opens the
 FIFO and blocks until a writer exists) and writes whole 20 ms periods, so the source receives
-exactly the frames written; see ``tests/alsa_fixtures.py``. Before closing a source the tests
+exactly the frames written; see ``edgevoice/audio/fifo_mic.py``. Before closing a source the tests
 close the writer's end (EOF) so PortAudio's reading thread is never stuck in ``read(2)``,
 except in the test that shows close() is bounded when it is.
 """
@@ -32,17 +32,9 @@ import numpy as np
 import numpy.typing as npt
 import pyaudio
 import pytest
-from alsa_fixtures import (
-    NOISY_PCM_CONFIG,
-    FakeMic,
-    fake_microphone,
-    ramp,
-    speech_like,
-    stereo,
-    synthetic_speech,
-    tone,
-    write_wav,
-)
+from alsa_fixtures import NOISY_PCM_CONFIG, FakeMic, fake_microphone, write_wav
+from fakes import FakeClock, wait_until
+from signals import ramp, speech, stereo, tone
 
 from edgevoice.audio import alsa_quiet, pyaudio_source
 from edgevoice.audio.devices import (
@@ -67,6 +59,7 @@ from edgevoice.errors import AudioDeviceError
 pytestmark = pytest.mark.timeout(30)
 
 ROOT = Path(__file__).resolve().parents[1]
+SPOKEN = "testing one two three, the quick brown fox"  # espeak-ng's text, where installed
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -118,13 +111,6 @@ def quiet_for(src: PyAudioSource, seconds: float) -> bool:
 
 def stalled(src: PyAudioSource) -> bool:
     return src.stalled  # a call, so mypy does not keep a narrowed property value
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def shut(src: PyAudioSource | None, mic: FakeMic) -> None:
@@ -213,9 +199,9 @@ def test_full_queue_drops_the_oldest_blocks_and_counts_them(tmp_path: Path) -> N
         src = PyAudioSource(mic.device, rate=rate, channels=1, queue_s=0.1)  # 5 blocks
         try:
             src.open()
-            wait_until(lambda: src.stats.blocks >= 15, 3.0, "15 blocks")  # nobody reads
+            assert wait_until(lambda: src.stats.blocks >= 15, 3.0), "15 blocks"  # nobody reads
             mic.writer.pause()  # freeze the counts: no callbacks once the FIFO is empty
-            wait_until(lambda: quiet_for(src, 0.1), 2.0, "callbacks to stop")
+            assert wait_until(lambda: quiet_for(src, 0.1), 2.0), "callbacks did not stop"
             stats = src.stats
             queued = []
             while (block := src.read(0)) is not None:
@@ -281,7 +267,7 @@ def test_close_is_bounded_when_portaudio_hangs(
             src.open()
             read_frames(src, 1600)
             mic.writer.pause()  # PortAudio's thread now sits in read(2) on the FIFO
-            wait_until(lambda: quiet_for(src, 0.1), 2.0, "callbacks to stop")
+            assert wait_until(lambda: quiet_for(src, 0.1), 2.0), "callbacks did not stop"
             caplog.set_level(logging.WARNING, logger="edgevoice.audio.pyaudio_source")
             started = time.monotonic()
             src.close()  # Pa_CloseStream hangs until the FIFO delivers
@@ -323,7 +309,8 @@ def test_read_raises_when_the_stream_dies(tmp_path: Path) -> None:
 
 def test_dead_input_on_the_fake_microphone(tmp_path: Path) -> None:
     rate = 16000
-    with fake_microphone(tmp_path, rate=rate, channels=1, signal=speech_like(1, rate)) as mic:
+    spoken = speech(1, rate, text=SPOKEN)
+    with fake_microphone(tmp_path, rate=rate, channels=1, signal=spoken) as mic:
         assert mic.writer is not None
         src = PyAudioSource(mic.device, rate=rate, channels=1)
         detector = DeadInputDetector(0.2)
@@ -530,16 +517,8 @@ def is_dead(detector: DeadInputDetector) -> bool:
     return detector.dead  # a call, so mypy does not keep a narrowed property value
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_dead_input_detector_zeros_and_repeats_report_each_change_once() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     detector = DeadInputDetector(2.0, clock=clock)
     rng = np.random.default_rng(0)
 
@@ -553,7 +532,7 @@ def test_dead_input_detector_zeros_and_repeats_report_each_change_once() -> None
         while clock.now < end:
             if (change := detector.update(make())) is not None:
                 changes.append(change)
-            clock.now += 0.02
+            clock.advance(0.02)
 
     def zeros() -> npt.NDArray[np.int16]:
         return np.zeros(320, dtype=np.int16)
@@ -655,12 +634,25 @@ def test_wav_source_formats_and_errors(tmp_path: Path) -> None:
         WavSource(tmp_path / "missing.wav").open()
 
 
-@pytest.mark.parametrize("make", [speech_like, synthetic_speech])
-def test_speech_like_signals_are_lively(
-    make: Callable[[float, int], npt.NDArray[np.int16]],
-) -> None:
-    speech = make(1.0, 24000)
-    assert speech.dtype == np.int16 and speech.size == 24000
-    assert -35 < measure_level(speech).rms_dbfs < -6
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: speech(1.0, 24000, text=SPOKEN),
+        lambda: speech(1.0, 24000),
+        lambda: speech(1.0, 24000, talk=[(0.0, 1.0)]),
+    ],
+    ids=["espeak-or-synthetic", "talk-spurts", "continuous-talk"],
+)
+def test_speech_like_signals_are_lively(make: Callable[[], npt.NDArray[np.int16]]) -> None:
+    signal = make()
+    assert signal.dtype == np.int16 and signal.size == 24000
+    assert -35 < measure_level(signal).rms_dbfs < -6
     detector = DeadInputDetector(0.0)
-    assert all(detector.update(chunk) is None for chunk in np.split(speech, 50))
+    assert all(detector.update(chunk) is None for chunk in np.split(signal, 50))
+
+
+@pytest.mark.parametrize("rate", [16000, 24000, 48000])
+def test_synthetic_speech_never_repeats_a_20ms_chunk(rate: int) -> None:
+    # The fault accounting (daemon_harness.account_audio) relies on it.
+    chunks = np.split(speech(30.0, rate), 30 * 50)
+    assert len({chunk.tobytes() for chunk in chunks}) == len(chunks)

@@ -14,14 +14,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from alsa_fixtures import fake_microphone
-from daemon_harness import FAST, merge, running_daemon, speech_like_24k, wait_until
+from daemon_harness import FAST, merge, running_daemon
+from fakes import wait_until
 from scipy.signal import butter, resample_poly, sosfiltfilt
+from signals import speech
 
 from edgevoice.devserver import DevServer
 
 pytestmark = pytest.mark.integration
-
-
 
 
 def source_signal(rate: int, seconds: float) -> npt.NDArray[np.int16]:
@@ -31,7 +31,7 @@ def source_signal(rate: int, seconds: float) -> npt.NDArray[np.int16]:
     content there would measure the reference's filter, not our pipeline.
     """
     lowpass = butter(10, 9000, fs=24000, output="sos")
-    base = sosfiltfilt(lowpass, speech_like_24k(seconds, seed=11).astype(np.float64))
+    base = sosfiltfilt(lowpass, speech(seconds, 24000, seed=11).astype(np.float64))
     up, down = rate // gcd(rate, 24000), 24000 // gcd(rate, 24000)
     out: npt.NDArray[np.int16] = np.clip(resample_poly(base, up, down), -32768, 32767).astype(
         np.int16)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import websocket
+from signals import speech
 
 from edgevoice.devserver import DevServer, SessionRecord
 from edgevoice.devserver.vad import EnergyVad, convert, decode
@@ -136,18 +137,9 @@ def append(pcm: bytes, event_id: str = "evt_append") -> dict[str, Any]:
 
 
 def speech_signal() -> tuple[bytes, int, int]:
-    """0.5 s quiet noise, 1 s of a 300 Hz tone with syllable-like AM, 1 s quiet noise."""
-    rng = np.random.default_rng(7)
-
-    def quiet(seconds: float) -> np.ndarray[Any, np.dtype[np.float64]]:
-        return rng.normal(0.0, 8.0, int(RATE * seconds))
-
-    t = np.arange(RATE) / RATE
-    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t)  # four "syllables" per second
-    tone = 8000.0 * envelope * np.sin(2 * np.pi * 300.0 * t)
-    x = np.concatenate((quiet(0.5), tone, quiet(1.0)))
-    pcm = np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
-    return pcm, 500, 1500  # onset and end of the tone, ms
+    """0.5 s of room noise, 1 s of talk (loud from its first to its last ms), 1 s of room."""
+    pcm = speech(2.5, RATE, seed=7, talk=[(0.5, 1.5)]).astype("<i2").tobytes()
+    return pcm, 500, 1500  # onset and end of the talk, ms
 
 
 def send_audio(client: Client, pcm: bytes, chunk_ms: int = 20) -> None:
@@ -734,7 +726,8 @@ def test_cli_prints_the_url_and_stops_on_sigterm() -> None:
         assert line.endswith("/v1/realtime")
         port = int(line.rsplit(":", 1)[1].split("/")[0])
         ws = websocket.create_connection(
-            f"ws://127.0.0.1:{port}/v1/realtime?model=m", header=[f"Authorization: Bearer {KEY}"]
+            f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
+            header=[f"Authorization: Bearer {KEY}"],
         )
         assert json.loads(ws.recv())["type"] == "session.created"
         proc.send_signal(signal.SIGTERM)

@@ -13,22 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_harness import (
-    KEY,
-    account_audio,
-    running_daemon,
-    speech_like_24k,
-    wait_until,
-    wav_config,
-)
+from daemon_harness import KEY, RATE, account_audio, running_daemon, wav_config
+from fakes import wait_until
+from signals import speech
 
 from edgevoice.devserver import DevServer
 
 pytestmark = pytest.mark.integration
 
-SOURCE = speech_like_24k(90.0)
-
-
+SOURCE = speech(90.0, RATE)
 
 
 def streaming_sessions(server: DevServer) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeClock
 
 from edgevoice.health import logsetup
 from edgevoice.health.heartbeat import HeartbeatRegistry, WatchdogGate
@@ -239,17 +240,6 @@ def test_send_failure_never_raises_and_warns_once(
 # ----------------------------------------------------------------------------------------
 # heartbeat and the watchdog gate, with a fake clock
 # ----------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingNotifier:

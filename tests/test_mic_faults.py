@@ -11,20 +11,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from alsa_fixtures import SYSTEM_ALSA_CONF, fake_microphone
-from daemon_harness import FAST, merge, running_daemon, speech_like_24k, wait_until
+from daemon_harness import FAST, merge, running_daemon
+from fakes import wait_until
+from signals import speech
 from systemd_fixtures import NotifyRecorder
 
 from edgevoice.audio.source import CapturedBlock, CaptureStats
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
-from edgevoice.daemon.capture_worker import CaptureWorker
+from edgevoice.daemon.capture_worker import CaptureConfig, CaptureWorker
 from edgevoice.daemon.stats import Stats
 from edgevoice.devserver import DevServer
 from edgevoice.errors import AudioDeviceError
 
 RATE = 48000
-
-
 
 
 def mic_config(device: str, url: str) -> dict[str, object]:
@@ -36,14 +36,14 @@ def mic_config(device: str, url: str) -> dict[str, object]:
 def test_digital_silence_is_reported_once_and_recovery_once(server: DevServer,
                                                             tmp_path: Path) -> None:
     with fake_microphone(tmp_path / "mic", rate=RATE, channels=1,
-                         signal=speech_like_24k(10.0).repeat(2), set_environ=False) as mic:
+                         signal=speech(10.0, RATE), set_environ=False) as mic:
         assert mic.writer is not None
         with running_daemon(tmp_path, mic_config(mic.device, server.url), env=mic.env) as d:
             assert d.wait_log(r"streaming to", 20), d.log()
             mic.writer.feed_zeros()
             assert d.wait_log(r"microphone delivers digital silence for 2s", 10), d.log()
             time.sleep(1.0)  # stays dead a while longer: no second warning
-            mic.writer.feed(speech_like_24k(10.0, seed=5).repeat(2))
+            mic.writer.feed(speech(10.0, RATE, seed=5))
             assert d.wait_log(r"microphone delivers a live signal again", 10)
             assert d.stop() == 0
             log = d.log()
@@ -58,7 +58,7 @@ def test_closed_writer_is_noticed(server: DevServer, tmp_path: Path) -> None:
     notify = NotifyRecorder()
     try:
         with fake_microphone(tmp_path / "mic", rate=RATE, channels=1,
-                             signal=speech_like_24k(10.0).repeat(2), set_environ=False) as mic:
+                             signal=speech(10.0, RATE), set_environ=False) as mic:
             assert mic.writer is not None
             env = {**mic.env, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "2000000"}
             with running_daemon(tmp_path, mic_config(mic.device, server.url), env=env) as d:
@@ -80,7 +80,7 @@ def test_missing_device_is_reopened_by_name_once_it_appears(server: DevServer,
     live = tmp_path / "live.asoundrc"
     live.write_text(f"<{SYSTEM_ALSA_CONF}>\n")
     with fake_microphone(tmp_path / "mic", rate=RATE, channels=1,
-                         signal=speech_like_24k(10.0).repeat(2), set_environ=False) as mic:
+                         signal=speech(10.0, RATE), set_environ=False) as mic:
         env = {"ALSA_CONFIG_PATH": str(live)}
         with running_daemon(tmp_path, mic_config(mic.device, server.url), env=env) as d:
             assert d.wait_log(r"capture device unavailable \(attempt 2\): no input device "
@@ -126,8 +126,9 @@ def test_capture_worker_reopens_after_a_device_error() -> None:
     opens: list[int] = []
     stats = Stats()
     backlog = ChunkBacklog(1000)
-    worker = CaptureWorker(lambda: FailingSource(opens, fail_after=5), backlog, stats,
-                           chunk_ms=20, silence_warn_s=30, reopen_backoff=Backoff(0.01, 0.05, 2))
+    config = CaptureConfig(lambda: FailingSource(opens, fail_after=5), "fake", chunk_ms=20,
+                           silence_warn_s=30)
+    worker = CaptureWorker(config, backlog, stats, reopen_backoff=Backoff(0.01, 0.05, 2))
     worker.start()
     try:
         assert wait_until(lambda: len(opens) >= 2 and len(backlog) >= 10, 5)

@@ -14,7 +14,8 @@ from edgevoice.settings import ServerSettings, SessionSettings
 
 
 def test_session_update_is_ga_shape_with_24k_pcm() -> None:
-    event = protocol.session_update(SessionSettings(language="en", noise_reduction="far_field"))
+    event = protocol.session_update(SessionSettings(
+        language="en", noise_reduction="far_field", transcription_model="gpt-4o-mini-transcribe"))
     assert event["type"] == "session.update" and event["event_id"].startswith("evt_")
     session = event["session"]
     assert session["type"] == "realtime"
@@ -23,6 +24,10 @@ def test_session_update_is_ga_shape_with_24k_pcm() -> None:
     assert audio_in["format"] == {"type": "audio/pcm", "rate": 24000}
     assert audio_in["noise_reduction"] == {"type": "far_field"}
     assert audio_in["transcription"] == {"model": "gpt-4o-mini-transcribe", "language": "en"}
+    # The current transcription models take a list of languages instead.
+    default = protocol.session_config(SessionSettings(language="en"))
+    assert default["audio"]["input"]["transcription"] == {"model": "gpt-live-transcribe",
+                                                          "languages": ["en"]}
     assert audio_in["turn_detection"] == {"type": "server_vad", "threshold": 0.5,
                                           "prefix_padding_ms": 300, "silence_duration_ms": 500}
     assert session["audio"]["output"]["voice"] == "marin"
@@ -58,7 +63,7 @@ def test_append_carries_base64_pcm() -> None:
 def test_connect_request_openai_and_azure() -> None:
     url, headers = protocol.connect_request(
         ServerSettings(headers={"X-Proxy": "1"}), "conversation", "k")
-    assert url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert url == "wss://api.openai.com/v1/realtime?model=gpt-realtime-2.1"
     assert headers == {"X-Proxy": "1", "Authorization": "Bearer k"}
     assert "OpenAI-Beta" not in headers
     url, _ = protocol.connect_request(ServerSettings(), "transcribe", "k")

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy import signal
+from signals import tone
 
 import edgevoice.audio.resample as resample_module
 from edgevoice.audio.resample import StreamingResampler, resample
@@ -35,17 +36,13 @@ ODD = [(11025, 24000), (47999, 24000), (96000, 24000), (24000, 24000)]
 
 FULL_SCALE = 32767.0
 MINUS_1_DBFS = FULL_SCALE * 10 ** (-1 / 20)
+PHASE = 0.3  # of every test tone at sample 0
 MAX_DELAY_S = 0.002
 SETTLE_S = 0.005  # > delay + half the filter: outputs after this see only steady input
 
 
 def ids(ratio: tuple[int, int]) -> str:
     return f"{ratio[0]}->{ratio[1]}"
-
-
-def tone(rate: int, freq: float, amplitude: float, seconds: float) -> npt.NDArray[np.int16]:
-    k = np.arange(round(rate * seconds))
-    return np.rint(amplitude * np.sin(2 * np.pi * freq * k / rate + 0.3)).astype(np.int16)
 
 
 def fit(
@@ -127,7 +124,7 @@ def test_any_chunking_is_sample_identical_to_one_shot(ratio: tuple[int, int]) ->
     n = 1500
     # Full-scale noise also drives the clipping path; a tone adds structure.
     x = rng.integers(-32768, 32768, n).astype(np.int16)
-    x[n // 2 :] = tone(in_rate, 997.0, 20000.0, 1.0)[: n - n // 2]
+    x[n // 2 :] = tone(997.0, 1.0, in_rate, 20000.0 / FULL_SCALE, PHASE)[: n - n // 2]
     expected = resample(x, in_rate, out_rate).tolist()
     conv = StreamingResampler(in_rate, out_rate)  # reused: flush() must leave it fresh
     for seed, sizes in enumerate(chunkings(n, seed=in_rate)):
@@ -144,7 +141,7 @@ def test_long_inputs_are_split_without_changing_the_result(
 
 
 def test_flush_returns_converter_to_a_fresh_stream() -> None:
-    x = tone(48000, 440.0, 10000.0, 0.05)
+    x = tone(440.0, 0.05, 48000, 10000.0 / FULL_SCALE, PHASE)
     conv = StreamingResampler(48000, 24000)
     first = np.concatenate((conv.process(x[:1000]), conv.flush()))
     assert first.tolist() == resample(x[:1000], 48000, 24000).tolist()
@@ -168,7 +165,7 @@ def test_length_is_input_duration_plus_delay(ratio: tuple[int, int]) -> None:
 
 def test_history_does_not_grow_with_stream_length() -> None:
     conv = StreamingResampler(44100, 24000)
-    chunk = tone(44100, 1000.0, 8000.0, 0.02)
+    chunk = tone(1000.0, 0.02, 44100, 8000.0 / FULL_SCALE, PHASE)
     sizes = set()
     for _ in range(500):
         conv.process(chunk)
@@ -227,7 +224,7 @@ def test_passband_is_flat_within_0_1_db(ratio: tuple[int, int]) -> None:
     freqs = [f for f in (20.0, 60.0, 200.0, 1000.0, 3000.0, 5000.0, 7000.0, 9000.0) if f < edge]
     gains = []
     for freq in [*freqs, edge]:
-        x = tone(in_rate, freq, 16000.0, 0.3)
+        x = tone(freq, 0.3, in_rate, 16000.0 / FULL_SCALE, PHASE)
         a_in, _, _ = fit(x, in_rate, freq)
         a_out, _, _ = fit(convert(x, in_rate, out_rate), out_rate, freq, round(SETTLE_S * out_rate))
         gains.append(db(a_out / a_in))
@@ -240,7 +237,7 @@ def test_aliases_are_85_db_down(ratio: tuple[int, int]) -> None:
     in_rate, out_rate = ratio
     worst = -math.inf
     for freq in np.linspace(out_rate / 2 + 20, in_rate / 2 - 20, 9):
-        x = tone(in_rate, float(freq), MINUS_1_DBFS, 0.1)
+        x = tone(float(freq), 0.1, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
         tone_rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
         y = convert(x, in_rate, out_rate)[round(SETTLE_S * out_rate) :].astype(np.float64)
         worst = max(worst, db(float(np.sqrt(np.mean(y**2))) / tone_rms))
@@ -254,7 +251,7 @@ def test_images_and_aliases_of_passband_tones_are_85_db_down(ratio: tuple[int, i
     edge = pass_edge(in_rate, out_rate)
     worst = -math.inf
     for freq in np.linspace(100.0, edge, 8):
-        x = tone(in_rate, float(freq), MINUS_1_DBFS, 0.1)
+        x = tone(float(freq), 0.1, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
         amp, _, resid = fit(
             convert(x, in_rate, out_rate), out_rate, float(freq), round(SETTLE_S * out_rate)
         )
@@ -271,7 +268,7 @@ def test_images_of_the_whole_input_band_are_85_db_down(ratio: tuple[int, int]) -
     in_rate, out_rate = ratio
     worst = -math.inf
     for freq in np.linspace(pass_edge(in_rate, out_rate), in_rate / 2 - 30, 6):
-        x = tone(in_rate, float(freq), MINUS_1_DBFS, 0.1)
+        x = tone(float(freq), 0.1, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
         _, _, resid = fit(
             convert(x, in_rate, out_rate), out_rate, float(freq), round(SETTLE_S * out_rate)
         )
@@ -283,7 +280,7 @@ def test_images_of_the_whole_input_band_are_85_db_down(ratio: tuple[int, int]) -
 @pytest.mark.parametrize("ratio", [*RATIOS, (24000, 24000)], ids=ids)
 def test_thd_plus_noise_of_1khz_at_minus_1_dbfs(ratio: tuple[int, int]) -> None:
     in_rate, out_rate = ratio
-    x = tone(in_rate, 1000.0, MINUS_1_DBFS, 0.2)
+    x = tone(1000.0, 0.2, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
     amp, _, resid = fit(convert(x, in_rate, out_rate), out_rate, 1000.0, round(SETTLE_S * out_rate))
     assert db(resid / (amp / math.sqrt(2))) <= -85.0
 
@@ -297,7 +294,7 @@ def test_measured_delay_matches_delay_s_and_is_under_2_ms(ratio: tuple[int, int]
     # 100 Hz: a 10 ms period makes the phase unambiguous; 1 kHz: same delay (linear phase).
     delays: list[float] = []
     for freq in (100.0, 1000.0):
-        x = tone(in_rate, freq, 16000.0, 0.2)
+        x = tone(freq, 0.2, in_rate, 16000.0 / FULL_SCALE, PHASE)
         _, phase_in, _ = fit(x, in_rate, freq)
         _, phase_out, _ = fit(convert(x, in_rate, out_rate), out_rate, freq, start)
         delay = ((phase_in - phase_out) / (2 * np.pi * freq)) % (1 / freq)

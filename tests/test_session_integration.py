@@ -6,13 +6,15 @@ import threading
 
 import numpy as np
 import pytest
-from daemon_harness import KEY, wait_until
+from daemon_harness import KEY
+from fakes import DirectOutbox, wait_until
 
 from edgevoice.devserver import DevServer
 from edgevoice.errors import AuthError, ConfigError, ConnectionLost, SessionConfigRejected
 from edgevoice.realtime import protocol
+from edgevoice.realtime.dispatch import EventDispatcher
 from edgevoice.realtime.protocol import ServerEvent
-from edgevoice.realtime.session import RealtimeSession
+from edgevoice.realtime.session import RealtimeSession, new_dispatcher
 from edgevoice.realtime.transport import WebSocketTransport
 from edgevoice.settings import ServerSettings, SessionSettings
 
@@ -23,13 +25,17 @@ class Recorder:
         self.audio = bytearray()
         self.lock = threading.Lock()
 
-    def on_server_event(self, event: ServerEvent) -> None:
+    def register(self, dispatcher: EventDispatcher[RealtimeSession]) -> None:
+        dispatcher.on_every(self.on_server_event)
+        dispatcher.on(self.on_output_audio, "response.output_audio.delta")
+
+    def on_server_event(self, session: RealtimeSession, event: ServerEvent) -> None:
         with self.lock:
             self.events.append(event)
 
-    def on_output_audio(self, pcm: bytes) -> None:
+    def on_output_audio(self, session: RealtimeSession, event: ServerEvent) -> None:
         with self.lock:
-            self.audio += pcm
+            self.audio += protocol.decode_audio_delta(event)
 
     def types(self) -> list[str]:
         with self.lock:
@@ -46,7 +52,9 @@ def make_session(server: DevServer, session: SessionSettings | None = None,
     url, hdrs = protocol.connect_request(settings, mode, key)
     transport = WebSocketTransport(url, hdrs, connect_timeout_s=5, socket_timeout_s=0.2,
                                    ping_interval_s=1.0, pong_timeout_s=5.0)
-    return RealtimeSession(transport, session or SessionSettings(), recorder or Recorder(),
+    dispatcher = new_dispatcher()
+    (recorder or Recorder()).register(dispatcher)
+    return RealtimeSession(transport, session or SessionSettings(), dispatcher, DirectOutbox(),
                            update_timeout_s=5.0)
 
 

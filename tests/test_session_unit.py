@@ -2,68 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
 import pytest
+from fakes import DirectOutbox, ScriptedTransport, error_event
 
 from edgevoice.errors import AuthError, ConfigError, ConnectionLost, SessionConfigRejected
-from edgevoice.realtime.protocol import ServerEvent
-from edgevoice.realtime.session import RealtimeSession
+from edgevoice.realtime.session import RealtimeSession, new_dispatcher
 from edgevoice.settings import SessionSettings
-
-
-class ScriptedTransport:
-    """Answers session.update with the scripted events; records what was sent."""
-
-    def __init__(self, after_update: list[dict[str, Any]]) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self._queue: list[str] = [json.dumps({"type": "session.created", "event_id": "e0",
-                                              "session": {"id": "sess_1", "expires_at": 9e9}})]
-        self._after_update = after_update
-        self.closed = False
-
-    def connect(self) -> None:
-        pass
-
-    def send_event(self, event: dict[str, Any]) -> None:
-        self.sent.append(event)
-        if event["type"] == "session.update":
-            for item in self._after_update:
-                reply = item
-                if item.get("error", {}).get("event_id") == "$update":
-                    reply = {**item, "error": {**item["error"], "event_id": event["event_id"]}}
-                self._queue.append(json.dumps(reply))
-
-    def recv_text(self) -> str | None:
-        return self._queue.pop(0) if self._queue else None
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-
-class Quiet:
-    def on_server_event(self, event: ServerEvent) -> None:
-        pass
-
-    def on_output_audio(self, pcm: bytes) -> None:
-        pass
 
 
 def error(code: str, type_: str = "invalid_request_error", event_id: str = "",
           param: str = "") -> dict[str, Any]:
-    return {"type": "error", "event_id": "e1",
-            "error": {"type": type_, "code": code, "message": code, "param": param,
-                      "event_id": event_id}}
+    return error_event(code, type_, "$event_id" if event_id == "$update" else event_id, param)
+
+
+def make(after_update: list[dict[str, Any]]) -> RealtimeSession:
+    transport = ScriptedTransport({"session.update": after_update})
+    return RealtimeSession(transport, SessionSettings(), new_dispatcher(), DirectOutbox(),
+                           update_timeout_s=0.5)
 
 
 def establish(after_update: list[dict[str, Any]]) -> RealtimeSession:
-    session = RealtimeSession(ScriptedTransport(after_update), SessionSettings(), Quiet(),
-                              update_timeout_s=0.5)
+    session = make(after_update)
     session.establish(threading.Event())
     return session
 
@@ -101,8 +63,7 @@ def test_no_session_updated_is_a_timeout_not_a_config_error() -> None:
 
 
 def test_fatal_cause_wins_over_a_transient_symptom() -> None:
-    session = RealtimeSession(ScriptedTransport([]), SessionSettings(), Quiet(),
-                              update_timeout_s=0.5)
+    session = make([])
     session.fail(ConnectionLost("send failed: broken pipe"))
     session.fail(ConfigError("close 4000"))
     assert isinstance(session.failure, ConfigError)

@@ -37,22 +37,26 @@ def test_values_are_read() -> None:
     s = parse_settings(
         "audio: {device: USB, rate: 48000, channels: 2, chunk_ms: 40}\n"
         "server: {url: 'ws://127.0.0.1:1/v1/realtime', headers: {X-Proxy: a}}\n"
-        "session: {mode: transcribe, turn_detection: none, language: de}\n"
+        "session: {mode: transcribe, turn_detection: semantic_vad, language: de}\n"
         "reconnect: {initial_s: 2}\n"
     )
     assert s.audio.device == "USB" and s.audio.rate == 48000 and s.audio.chunk_ms == 40
     assert s.audio.channels == 2
     assert s.server.headers == {"X-Proxy": "a"}
-    assert s.session.mode == "transcribe" and s.session.turn_detection == "none"
+    assert s.session.mode == "transcribe" and s.session.turn_detection == "semantic_vad"
     assert s.reconnect.initial_s == 2.0 and isinstance(s.reconnect.initial_s, float)
     assert parse_settings("audio: {device: 3}").audio.device == 3
 
 
 def test_yaml_booleans_for_on_off_words() -> None:
     """YAML 1.1 turns a bare `off` into false; users mean the word."""
-    s = parse_settings("logging: {journald: off}\nsession: {turn_detection: off}")
-    assert s.logging.journald == "off" and s.session.turn_detection == "none"
+    s = parse_settings("logging: {journald: off}\nsession: {noise_reduction: off}")
+    assert s.logging.journald == "off" and s.session.noise_reduction == "none"
     assert parse_settings("logging: {journald: on}").logging.journald == "on"
+    # turn_detection: off reads as "none", which is refused until edgevoice commits turns.
+    with pytest.raises(ConfigError, match=r"session.turn_detection: none needs edgevoice to "
+                                          r"commit turns itself"):
+        parse_settings("session: {turn_detection: off}")
 
 
 @pytest.mark.parametrize(

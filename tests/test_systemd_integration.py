@@ -54,7 +54,7 @@ def test_ready_status_pings_and_stopping(server: DevServer, notify: NotifyRecord
     config = wav_config(tmp_path, server.url, SOURCE)
     with running_daemon(tmp_path, config, env=notify_env(notify)) as daemon:
         assert notify.wait_for("READY=1", timeout=15)
-        assert notify.wait_for("STATUS=streaming to gpt-realtime 24k\u219224k", timeout=15)
+        assert notify.wait_for("STATUS=streaming to gpt-realtime-2.1 24k\u219224k", timeout=15)
         assert notify.wait_for("WATCHDOG=1", count=5, timeout=15)
         # Waiting in backoff is healthy: pings go on while the server is down.
         server.stop()

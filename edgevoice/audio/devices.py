@@ -121,7 +121,11 @@ def format_device_table(devs: list[DeviceInfo]) -> str:
 
 
 def _not_found(message: str, devs: list[DeviceInfo]) -> AudioDeviceError:
-    return AudioDeviceError(f"{message}; available input devices:\n{format_device_table(devs)}")
+    """One line (a journal entry each), naming every input device and its index."""
+    listed = ", ".join(
+        f"#{d.index} {d.name!r}{' (default)' if d.is_default else ''}" for d in devs
+    ) or "none"
+    return AudioDeviceError(f"{message}; available input devices: {listed}")
 
 
 def find_input_device(pa: PortAudioLike, spec: str | int) -> DeviceInfo:

@@ -27,6 +27,9 @@ import numpy.typing as npt
 
 FULL_SCALE = 32768.0
 SILENCE_DBFS = -120.0
+# Louder than this, a chunk counts as speech: for stall detection (speech sent, no answer)
+# and for the quiet moment a session switch waits for.
+SPEECH_DBFS = -45.0
 
 
 def to_dbfs(value: float) -> float:
@@ -114,6 +117,12 @@ class DeadInputDetector:
     @property
     def dead(self) -> bool:
         return self._dead
+
+    def set_warn_after(self, seconds: float) -> None:
+        """A reload changed health.silence_warn_s; the current stretch keeps its start."""
+        if seconds < 0:
+            raise ValueError(f"warn_after_s must not be negative, not {seconds}")
+        self._warn_after_s = seconds
 
     @property
     def reason(self) -> str:

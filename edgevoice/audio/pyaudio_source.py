@@ -13,12 +13,13 @@ Failure handling, as the daemon's device policy needs it:
 * A stall (the stream claims to be active, but no callback for ``stall_after_s``) is only
   logged and counted in ``stats.stalls``; read() keeps returning None and the daemon's health
   check decides what to do.
-* close() does stop/close/terminate in a helper thread joined with a timeout: a C call that
-  hangs (an ALSA read that never returns) cannot block shutdown. ``terminate()`` is always
-  called so the next open() initialises PortAudio again and re-enumerates the devices, which
-  is what recovers a re-plugged USB microphone. If a previous close is still hung, open()
-  waits for it (bounded) and otherwise raises, because PortAudio's global state must not be
-  initialised twice concurrently.
+* close() closes the stream in a helper thread joined with a timeout: a C call that hangs
+  (an ALSA read that never returns) cannot block shutdown. PortAudio itself belongs to the
+  process-wide :class:`PortAudioHost`; every open() asks it for a re-scan, which it does
+  (terminate + initialise, re-enumerating the devices: what recovers a re-plugged USB
+  microphone) only while no other stream is open. If a previous close is still hung,
+  open() waits for it (bounded) and otherwise raises. Without a host given, the source
+  keeps a private one and terminates it on close (tests, one-off tools).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pyaudio
 
 from edgevoice.audio.alsa_quiet import quiet_stderr
 from edgevoice.audio.devices import DeviceInfo, find_input_device
+from edgevoice.audio.portaudio_host import PortAudioHost
 from edgevoice.audio.source import CapturedBlock, CaptureStats
 from edgevoice.errors import AudioDeviceError
 
@@ -150,8 +152,9 @@ def wait_for_pending_close(timeout: float) -> bool:
     return True
 
 
-def _shutdown_portaudio(pa: Any, stream: Any, timeout: float, what: str) -> bool:
-    """Close ``stream`` and terminate ``pa`` in a helper thread; False if it timed out."""
+def _shutdown_stream(host: PortAudioHost, stream: Any, terminate: bool, timeout: float,
+                     what: str) -> bool:
+    """Close ``stream`` (and a private host) in a helper thread; False if it timed out."""
 
     def work() -> None:
         try:
@@ -160,11 +163,10 @@ def _shutdown_portaudio(pa: Any, stream: Any, timeout: float, what: str) -> bool
         except Exception as exc:  # noqa: BLE001 - a helper thread must log, not die loudly
             log.debug("closing the PortAudio stream of %s failed: %s", what, exc)
         finally:
-            if pa is not None:
-                try:
-                    pa.terminate()
-                except Exception as exc:  # noqa: BLE001
-                    log.debug("terminating PortAudio after %s failed: %s", what, exc)
+            if stream is not None:
+                host.stream_closed()
+            if terminate:
+                host.terminate()
 
     thread = threading.Thread(target=work, name="edgevoice-portaudio-close", daemon=True)
     thread.start()
@@ -195,6 +197,7 @@ class PyAudioSource:
         *,
         close_timeout_s: float = 2.0,
         stall_after_s: float | None = None,
+        host: PortAudioHost | None = None,
     ) -> None:
         if block_ms <= 0:
             raise ValueError(f"block_ms must be positive, not {block_ms}")
@@ -210,6 +213,8 @@ class PyAudioSource:
             stall_after_s if stall_after_s is not None else max(0.5, 10 * block_ms / 1000.0)
         )
         self.stats = CaptureStats()
+        self._host = host if host is not None else PortAudioHost()
+        self._private_host = host is None
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[CapturedBlock] = deque()
         self._pa: Any = None
@@ -264,11 +269,8 @@ class PyAudioSource:
                 "PortAudio is still hung closing the previous capture stream; "
                 "it cannot be initialised again until that call returns"
             )
+        pa = self._host.acquire(rescan=True)
         with quiet_stderr():
-            try:
-                pa = pyaudio.PyAudio()
-            except OSError as exc:
-                raise AudioDeviceError(f"cannot initialise PortAudio: {exc}") from exc
             stream: Any = None
             try:
                 info = find_input_device(pa, self._device)
@@ -293,6 +295,7 @@ class PyAudioSource:
                         stream_callback=callback,
                         start=False,
                     )
+                    self._host.stream_opened()
                     self._opened_at = time.monotonic()
                     stream.start_stream()
                 except (OSError, ValueError) as exc:
@@ -301,7 +304,8 @@ class PyAudioSource:
                         f"at {rate} Hz, {channels} ch: {exc}"
                     ) from exc
             except BaseException:
-                _shutdown_portaudio(pa, stream, self._close_timeout_s, self.description)
+                _shutdown_stream(self._host, stream, self._private_host,
+                                 self._close_timeout_s, self.description)
                 with self._cond:
                     self._info = None
                 raise
@@ -345,7 +349,8 @@ class PyAudioSource:
             self._cond.notify_all()
         if pa is None and stream is None:
             return
-        if _shutdown_portaudio(pa, stream, self._close_timeout_s, what):
+        if _shutdown_stream(self._host, stream, self._private_host, self._close_timeout_s,
+                            what):
             log.info("closed %s", what)
 
     def __enter__(self) -> PyAudioSource:

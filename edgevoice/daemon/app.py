@@ -1,40 +1,43 @@
-"""The composition root of `edgevoice run`: builds the concrete parts and reports health.
+"""`edgevoice run`: wires the parts it is given into workers, and reports health.
 
-Health is reported from the supervisor's tick on the main thread: READY once capture
-runs (never waiting for the network, so an offline boot is not a restart loop), STATUS
-when it changes, WATCHDOG only while every worker shows progress.
+The concrete parts come from `edgevoice.compose` (the command line) or from a test. Health
+is reported from the supervisor's tick on the main thread: READY once the settings are
+valid, the key is found and the workers run (never waiting for the network or for a
+microphone, so an offline boot or a late USB device is not a restart loop), STATUS when it
+changes, WATCHDOG only while every worker shows progress. A reload (SIGHUP) is applied
+here, part by part, as the table in README.md says.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from edgevoice.audio.source import AudioSource
-from edgevoice.credentials import load_api_key
+from edgevoice.compose import Parts
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
-from edgevoice.daemon.capture_worker import CaptureWorker
-from edgevoice.daemon.stats import Stats
+from edgevoice.daemon.capture_worker import CaptureConfig, CaptureWorker
+from edgevoice.daemon.stats import Stats, register_counters
 from edgevoice.daemon.supervisor import Supervisor
 from edgevoice.daemon.uplink import Uplink
 from edgevoice.errors import ConfigError
 from edgevoice.health import status as status_files
 from edgevoice.health.heartbeat import HeartbeatRegistry, WatchdogGate
 from edgevoice.health.logsetup import add_secret, setup_logging
-from edgevoice.health.notify import Notifier, make_notifier
 from edgevoice.realtime import protocol
-from edgevoice.realtime.protocol import ServerEvent
-from edgevoice.realtime.session import RealtimeSession
-from edgevoice.realtime.transport import WebSocketTransport
-from edgevoice.settings import Settings, load_settings
+from edgevoice.realtime.event_log import EventLog
+from edgevoice.realtime.link import SessionLink
+from edgevoice.realtime.models import retirements
+from edgevoice.realtime.session import RealtimeSession, new_dispatcher
+from edgevoice.settings import Settings, check_settings, load_settings
 
 log = logging.getLogger("edgevoice")
 
 STATUS_FILE_EVERY_S = 2.0
+CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
 
 
 class SignalFlags(Protocol):
@@ -42,87 +45,102 @@ class SignalFlags(Protocol):
     reload: bool
 
 
+def outage_chunks(settings: Settings) -> int:
+    return max(1, int(settings.stream.outage_buffer_s * 1000 / settings.audio.chunk_ms))
+
+
 class Daemon:
-    def __init__(self, settings: Settings, config_path: Path | None,
+    def __init__(self, settings: Settings, parts: Parts, config_path: Path | None,
                  signals: SignalFlags) -> None:
         self.settings = settings
+        self._parts = parts
         self._config_path = config_path
         self._signals = signals
         self.stats = Stats()
-        self._notifier: Notifier = make_notifier()
-        self._ready_sent = False
+        self._notifier = parts.notifier
+        self._clock = parts.clock
         self._stopping_sent = False
         self._last_status = ""
         self._last_files_at = 0.0
         self._audio_expected = False
+        self._api_key = ""
+        self.url_override: str | None = None
+        self._event_log = EventLog(settings.logging.log_all_events)
+        self._dispatcher = new_dispatcher()
+        self._event_log.register(self._dispatcher)
+        register_counters(self._dispatcher, self.stats)
 
     # -- building ------------------------------------------------------------------------
 
-    def _make_source(self) -> AudioSource:
-        audio = self.settings.audio
-        if audio.wav_file:
-            from edgevoice.audio.wav_source import WavSource
-
-            return WavSource(audio.wav_file, block_ms=audio.chunk_ms, loop=audio.wav_loop)
-        from edgevoice.audio.pyaudio_source import PyAudioSource
-
-        return PyAudioSource(
-            device=audio.device,
-            rate=None if audio.rate == "auto" else audio.rate,
-            channels=None if audio.channels == "auto" else audio.channels,
-            block_ms=audio.chunk_ms,
-            queue_s=audio.queue_s,
+    def _capture_config(self, settings: Settings) -> CaptureConfig:
+        audio = settings.audio
+        make_source = self._parts.make_source
+        return CaptureConfig(
+            make_source=lambda: make_source(audio),
+            device_label=f"WAV {audio.wav_file}" if audio.wav_file else str(audio.device),
+            chunk_ms=audio.chunk_ms,
+            silence_warn_s=settings.health.silence_warn_s,
         )
 
-    def _make_session(self, name: str) -> RealtimeSession:
-        server = self.settings.server
-        url, headers = protocol.connect_request(server, self.settings.session.mode,
-                                                self._api_key)
-        transport = WebSocketTransport(
-            url, headers,
-            connect_timeout_s=server.connect_timeout_s,
-            socket_timeout_s=server.socket_timeout_s,
-            ping_interval_s=server.ping_interval_s,
-            pong_timeout_s=server.pong_timeout_s,
-            ca_file=server.ca_file,
-        )
-        return RealtimeSession(transport, self.settings.session, self,
-                               update_timeout_s=server.session_update_timeout_s, name=name,
-                               log_all_events=self.settings.logging.log_all_events)
+    def _make_session_factory(self, settings: Settings,
+                              api_key: str) -> Callable[[str], SessionLink]:
+        parts, dispatcher, uplink = self._parts, self._dispatcher, self._uplink
+        server, session_settings = settings.server, settings.session
+
+        def make(name: str) -> SessionLink:
+            transport = parts.make_transport(server, session_settings.mode, api_key)
+            return RealtimeSession(transport, session_settings, dispatcher, uplink,
+                                   update_timeout_s=server.session_update_timeout_s,
+                                   clock=parts.clock, wall_clock=parts.wall_clock, name=name)
+
+        return make
 
     # -- running -------------------------------------------------------------------------
 
     def run(self, duration_s: float | None = None) -> int:
         s = self.settings
         setup_logging(s.logging.level, s.logging.journald)
-        self._api_key = load_api_key(s.server)
+        self._api_key = self._parts.load_api_key(s.server)
         add_secret(self._api_key)
-        chunk_ms = s.audio.chunk_ms
-        max_chunks = max(1, int(s.stream.outage_buffer_s * 1000 / chunk_ms))
-        backlog = ChunkBacklog(max_chunks)
+        for retirement in retirements(s.server.model if s.server.dialect == "openai" else None,
+                                      s.session.transcription_model):
+            log.warning("%s", retirement.warning(),
+                        extra={"edgevoice": {"EVENT": "model_deprecated"}})
+        backlog = ChunkBacklog(outage_chunks(s))
+        self._backlog = backlog
         self._capture = CaptureWorker(
-            self._make_source, backlog, self.stats,
-            chunk_ms=chunk_ms, silence_warn_s=s.health.silence_warn_s,
-            reopen_backoff=Backoff(0.5, 10.0, 2.0),
+            self._capture_config(s), backlog, self.stats,
+            reopen_backoff=Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
         )
-        self._uplink = Uplink(backlog, self.stats, keep_sent=max_chunks)
-        self._supervisor = Supervisor(s, self._make_session, self._capture, self._uplink,
-                                      backlog, self.stats, on_tick=self._tick)
-        self._heartbeats = HeartbeatRegistry()
+        self._uplink = Uplink(backlog, self.stats, clock=self._clock,
+                              keep_sent=outage_chunks(s))
+        self._supervisor = Supervisor(s, self._make_session_factory(s, self._api_key),
+                                      self._capture, self._uplink, backlog, self.stats,
+                                      clock=self._clock, wall_clock=self._parts.wall_clock,
+                                      on_tick=self._tick)
+        self._heartbeats = HeartbeatRegistry(clock=self._clock)
+        self._heartbeats.expect_progress("audio", False)  # only while the device is open
         half = self._notifier.watchdog_interval_s  # half of WatchdogSec, or None
         # Ping a little before half the interval is over: the loop ticks every 0.1 s, so a
         # ping "when due" would otherwise land just after it. Staleness keeps the full half.
         self._watchdog = WatchdogGate(
-            self._heartbeats, self._notifier,
+            self._heartbeats, self._notifier, clock=self._clock,
             interval_s=None if half is None else half * 0.8,
             max_age_s=None if half is None else max(half, 0.5),
         )
         if duration_s is not None:
-            self._supervisor.deadline = time.monotonic() + duration_s
+            self._supervisor.deadline = self._clock() + duration_s
         log.info("edgevoice starting: %s, server %s, model %s, mode %s",
                  "WAV " + s.audio.wav_file if s.audio.wav_file else f"device {s.audio.device!r}",
                  s.server.url, s.server.model, s.session.mode)
-        code = self._supervisor.run()
+        self._supervisor.start_workers()
+        # Settings valid, key found, workers started: ready, whatever the network or the
+        # microphone do (they are waited for, with the watchdog still fed).
+        self._notifier.ready()
+        try:
+            code = self._supervisor.run()
+        finally:
+            self._parts.release()
         self._send_stopping()
         self._write_files(force=True)
         log.info("edgevoice stopped (exit %d)", code)
@@ -135,9 +153,6 @@ class Daemon:
         if self._signals.reload:
             self._signals.reload = False
             self._reload()
-        if not self._ready_sent and self._capture.opened.is_set():
-            self._ready_sent = True
-            self._notifier.ready()
         self._feed_heartbeats()
         self._watchdog.tick()
         self._update_status()
@@ -146,8 +161,8 @@ class Daemon:
         hb = self._heartbeats
         hb.beat("capture", at=self._capture.beat)
         hb.beat("uplink", at=self._uplink.beat)
-        # Audio must keep arriving while the device is open; while it is being reopened
-        # with backoff (unplugged microphone) the process is healthy and must not be killed.
+        # Audio must keep arriving while the device is open; while it is being (re)opened
+        # with backoff (a late or unplugged microphone) the process is healthy.
         device_open = self._capture.is_open
         if device_open != self._audio_expected:
             self._audio_expected = device_open
@@ -166,7 +181,8 @@ class Daemon:
 
     def _update_status(self) -> None:
         target = self._uplink.target
-        age = time.monotonic() - target.configured_at if target is not None else None
+        age = self._clock() - target.configured_at if target is not None else None
+        self.stats.set(waiting=self._capture.waiting)
         line = status_files.status_line(self.stats.snapshot(), self.settings.server.model, age)
         if line != self._last_status:
             self._last_status = line
@@ -174,7 +190,7 @@ class Daemon:
         self._write_files()
 
     def _write_files(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if not force and now - self._last_files_at < STATUS_FILE_EVERY_S:
             return
         self._last_files_at = now
@@ -192,51 +208,60 @@ class Daemon:
         except OSError as exc:
             log.warning("cannot write status/metrics file: %s", exc)
 
+    # -- reload --------------------------------------------------------------------------
+
     def _reload(self) -> None:
         self._notifier.reloading()
         try:
             if self._config_path is None:
-                raise ConfigError("started without --config; nothing to reload")
+                raise ConfigError("started without a configuration file; nothing to reload")
             new = load_settings(self._config_path)
+            new = replace(new, server=replace(new.server, url=self._url_override(new)))
+            check_settings(new)
+            api_key = self._parts.load_api_key(new.server)
         except ConfigError as exc:
             log.error("reload failed, keeping the running settings: %s", exc,
                       extra={"edgevoice": {"EVENT": "reload_failed"}})
         else:
-            restart_needed = [name for name in ("audio", "server", "playback", "stream")
-                              if getattr(new, name) != getattr(self.settings, name)]
-            if restart_needed:
-                log.warning("reload: changes to %s take effect after a restart",
-                            ", ".join(restart_needed))
-            # Session settings apply to every new session, and to the current one now.
-            self.settings = replace(self.settings, session=new.session, logging=new.logging,
-                                    health=new.health)
-            logging.getLogger().setLevel(new.logging.level.upper())
-            target = self._uplink.target
-            if target is not None and not target.failed.is_set():
-                try:
-                    target.send(protocol.session_update(new.session))
-                except Exception as exc:  # noqa: BLE001 - the session's own checks handle it
-                    log.warning("could not apply the reloaded session settings now: %s", exc)
+            add_secret(api_key)
+            self._apply(new, api_key)
             log.info("configuration reloaded from %s", self._config_path,
                      extra={"edgevoice": {"EVENT": "reloaded"}})
         self._notifier.ready()
 
-    # -- SessionObserver -----------------------------------------------------------------
+    def _url_override(self, new: Settings) -> str:
+        """`run --url` outlives a reload, as command-line options do."""
+        return self.url_override or new.server.url
 
-    def on_server_event(self, event: ServerEvent) -> None:
-        self.stats.add("server_events")
-        kind = event.type
-        if kind == "input_audio_buffer.speech_started":
-            self.stats.add("speech_turns")
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            self.stats.add("user_transcripts")
-        elif kind == "response.done":
-            self.stats.add("responses")
-        elif kind == "error":
-            self.stats.add("server_errors")
-
-    def on_output_audio(self, pcm: bytes) -> None:
-        self.stats.add("response_audio_bytes", len(pcm))
+    def _apply(self, new: Settings, api_key: str) -> None:
+        old = self.settings
+        self.settings = new
+        if new.logging != old.logging:
+            setup_logging(new.logging.level, new.logging.journald)
+            self._event_log.log_all_events = new.logging.log_all_events
+        if new.stream.outage_buffer_s != old.stream.outage_buffer_s or \
+                new.audio.chunk_ms != old.audio.chunk_ms:
+            self._backlog.resize(outage_chunks(new))
+        if new.audio != old.audio:
+            self._capture.reconfigure(self._capture_config(new))
+        elif new.health.silence_warn_s != old.health.silence_warn_s:
+            self._capture.set_silence_warn(new.health.silence_warn_s)
+        connection_changed = (new.server != old.server or new.session.mode != old.session.mode)
+        key_changed = api_key != self._api_key
+        self._api_key = api_key
+        if connection_changed:
+            self._supervisor.apply_settings(new, self._make_session_factory(new, api_key))
+        else:
+            self._supervisor.apply_settings(new)
+            if key_changed:  # the next session authenticates with the new key
+                self._supervisor.replace_session_factory(
+                    self._make_session_factory(new, api_key))
+        if old.session != new.session and not connection_changed:
+            log.info("reload: session settings applied to the open sessions")
+        for retirement in retirements(new.server.model if new.server.dialect == "openai"
+                                      else None, new.session.transcription_model):
+            log.warning("%s", retirement.warning(),
+                        extra={"edgevoice": {"EVENT": "model_deprecated"}})
 
     # -- the end -------------------------------------------------------------------------
 

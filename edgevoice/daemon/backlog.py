@@ -1,8 +1,15 @@
-"""The audio between capture and the network: a bounded FIFO that doubles as outage buffer.
+"""The one queue in front of the sender: audio in order, control events in two lanes.
 
-While a session streams it holds a chunk or two; while the network is away it fills up to
-`stream.outage_buffer_s` and then drops the oldest audio (counted), so memory stays flat
-for an outage of any length and the newest speech is what gets replayed.
+The ordered lane carries audio chunks and the events that belong to the audio
+(`input_audio_buffer.commit`, then `response.create`), so they stay behind the audio they
+close. It doubles as the outage buffer: while a session streams it holds a chunk or two;
+while the network is away it fills up to `stream.outage_buffer_s` and then drops the oldest
+audio (counted), so memory stays flat for an outage of any length and the newest speech is
+what gets replayed.
+
+The urgent lane carries events that interrupt (`response.cancel`, a truncate, a clear, the
+stall probe, a reload's `session.update`, a new session's configuration): they go ahead of
+every queued chunk, so they never wait behind an outage replay.
 """
 
 from __future__ import annotations
@@ -11,6 +18,12 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgevoice.realtime.link import SessionLink
+
+URGENT_MAX = 64  # more than this many interrupting events queued means nobody sends them
 
 
 @dataclass(frozen=True)
@@ -21,25 +34,60 @@ class AudioChunk:
     seq: int  # running number since start: loss and duplicates are countable
 
 
+@dataclass(frozen=True, eq=False)
+class ClientEvent:
+    """A control event for the sender; `to` None means the session audio goes to."""
+
+    event: dict[str, Any]
+    to: SessionLink | None = None
+    urgent: bool = False
+
+
+QueuedItem = AudioChunk | ClientEvent
+
+
 class ChunkBacklog:
     def __init__(self, max_chunks: int) -> None:
         if max_chunks < 1:
             raise ValueError(f"backlog needs room for at least one chunk, got {max_chunks}")
         self._max = max_chunks
-        self._chunks: deque[AudioChunk] = deque()
+        self._chunks: deque[QueuedItem] = deque()
+        self._urgent: deque[ClientEvent] = deque()
         self._cond = threading.Condition()
+        self._woken = False
         self.dropped = 0  # chunks lost because the buffer was full
+        self.urgent_dropped = 0
 
-    def put(self, chunk: AudioChunk) -> None:
+    @property
+    def max_chunks(self) -> int:
+        return self._max
+
+    def resize(self, max_chunks: int) -> None:
+        """A reload changed stream.outage_buffer_s: drop the oldest beyond the new size."""
+        with self._cond:
+            self._max = max(1, max_chunks)
+            while len(self._chunks) > self._max:
+                self._chunks.popleft()
+                self.dropped += 1
+
+    def put(self, item: QueuedItem) -> None:
         with self._cond:
             if len(self._chunks) >= self._max:
                 self._chunks.popleft()
                 self.dropped += 1
-            self._chunks.append(chunk)
+            self._chunks.append(item)
             self._cond.notify()
 
-    def push_front(self, chunks: Iterable[AudioChunk]) -> None:
-        """Give back chunks that could not be sent, to be sent first next time."""
+    def put_urgent(self, event: ClientEvent) -> None:
+        with self._cond:
+            if len(self._urgent) >= URGENT_MAX:
+                self._urgent.popleft()
+                self.urgent_dropped += 1
+            self._urgent.append(event)
+            self._cond.notify()
+
+    def push_front(self, chunks: Iterable[QueuedItem]) -> None:
+        """Give back items that could not be sent, to be sent first next time."""
         with self._cond:
             for chunk in reversed(list(chunks)):
                 if len(self._chunks) >= self._max:
@@ -48,17 +96,39 @@ class ChunkBacklog:
                 self._chunks.appendleft(chunk)
             self._cond.notify()
 
-    def get(self, timeout: float) -> AudioChunk | None:
+    def get(self, timeout: float, ordered: bool = True) -> QueuedItem | None:
+        """The next urgent event, else (with `ordered`) the next chunk or ordered event.
+
+        Returns None after `timeout`, or early when `wake()` was called.
+        """
         with self._cond:
-            if not self._chunks:
+            if not self._has(ordered) and not self._woken and timeout > 0:
                 self._cond.wait(timeout)
-            return self._chunks.popleft() if self._chunks else None
+            self._woken = False
+            if self._urgent:
+                return self._urgent.popleft()
+            if ordered and self._chunks:
+                return self._chunks.popleft()
+            return None
+
+    def _has(self, ordered: bool) -> bool:
+        return bool(self._urgent) or (ordered and bool(self._chunks))
+
+    def wake(self) -> None:
+        """Make a waiting (or the next) get() return at once: the sender's target changed."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def clear(self) -> int:
         with self._cond:
             n = len(self._chunks)
             self._chunks.clear()
             return n
+
+    def urgent_pending(self) -> int:
+        with self._cond:
+            return len(self._urgent)
 
     def __len__(self) -> int:
         with self._cond:

@@ -36,7 +36,10 @@ class Backoff:
         return min(self.max_s, self.initial_s * self.multiplier**exponent)
 
     def next_delay(self, at_least_s: float | None = None) -> float:
-        delay = self._rng.uniform(0.0, self.ceiling())
+        ceiling = self.ceiling()
+        # A floor of a tenth of the first step: full jitter may otherwise draw ~0 s, which
+        # hammers the server from a whole fleet and reads as "retry in 0.0s".
+        delay = self._rng.uniform(min(ceiling, self.initial_s) / 10.0, ceiling)
         self.attempts += 1
         if at_least_s is not None:
             delay = max(delay, at_least_s)
@@ -44,3 +47,9 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+    def reconfigure(self, initial_s: float, max_s: float, multiplier: float) -> None:
+        """New limits from a reload; the attempt count (how far we backed off) stays."""
+        if initial_s <= 0 or max_s < initial_s or multiplier < 1:
+            raise ValueError("backoff needs 0 < initial <= max and multiplier >= 1")
+        self.initial_s, self.max_s, self.multiplier = initial_s, max_s, multiplier

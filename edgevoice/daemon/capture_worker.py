@@ -5,6 +5,11 @@ re-initialises PortAudio and reopens by name with backoff, inside the running pr
 It also watches what the microphone delivers: digital silence or one buffer repeated is
 reported once when it starts and once when it ends, because a dead microphone that
 nobody notices is the most common silent failure of these devices.
+
+Waiting for a device that is not there (a USB microphone that enumerates late, or was
+unplugged) is healthy: the worker keeps beating while it waits, every attempt is logged
+(the first few one by one, then one line a minute with the count), and `waiting` says
+what it waits for, for the status line.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -20,37 +26,48 @@ import numpy.typing as npt
 from edgevoice.audio.level import DeadInputDetector, rms_dbfs
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.audio.source import AudioSource
+from edgevoice.clock import Clock
 from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
 from edgevoice.daemon.stats import Stats
+from edgevoice.daemon.worker import Worker
 from edgevoice.errors import AudioDeviceError
 from edgevoice.realtime.protocol import INPUT_RATE
-from edgevoice.realtime.transport import Clock
 
 log = logging.getLogger("edgevoice.capture")
 
+LOG_EACH_ATTEMPT = 5  # reopen attempts logged one by one; after that one line a minute
+SUMMARY_EVERY_S = 60.0
 
-class CaptureWorker:
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What a reload may change about capture; applied between two chunks."""
+
+    make_source: Callable[[], AudioSource]
+    device_label: str  # for "waiting for microphone 'USB'"
+    chunk_ms: int
+    silence_warn_s: float
+
+
+class CaptureWorker(Worker):
     def __init__(
         self,
-        make_source: Callable[[], AudioSource],
+        config: CaptureConfig,
         backlog: ChunkBacklog,
         stats: Stats,
         *,
-        chunk_ms: int,
-        silence_warn_s: float,
         reopen_backoff: Backoff,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._make_source = make_source
+        super().__init__("capture", clock)
+        self._config = config
+        self._new_config: CaptureConfig | None = None
+        self._config_lock = threading.Lock()
         self._backlog = backlog
         self._stats = stats
-        self._chunk_samples = INPUT_RATE * chunk_ms // 1000
-        self._silence_warn_s = silence_warn_s
+        self._chunk_samples = INPUT_RATE * config.chunk_ms // 1000
         self._backoff = reopen_backoff
-        self._clock = clock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._source: AudioSource | None = None
         self._pending = np.zeros(0, dtype=np.int16)
         self._seq = 0
@@ -58,9 +75,13 @@ class CaptureWorker:
         self._seen_drops = 0
         self.beat = clock()
         self.last_audio_at = clock()
-        self.opened = threading.Event()  # first successful open: READY may be sent
+        self.opened = threading.Event()  # first successful open
         self.input_dead = False
         self.description = ""
+        self.waiting = ""  # what the worker waits for, for the status line
+        self._failed_attempts = 0
+        self._summary_at = 0.0
+        self._summarised = 0
 
     @property
     def is_open(self) -> bool:
@@ -70,42 +91,58 @@ class CaptureWorker:
     def next_seq(self) -> int:
         return self._seq
 
-    def start(self) -> None:
-        self._thread.start()
+    def reconfigure(self, config: CaptureConfig) -> None:
+        """A reload changed `audio.*`: close and reopen between two chunks."""
+        with self._config_lock:
+            self._new_config = config
 
-    def stop(self, timeout: float) -> bool:
-        self._stop.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+    def set_silence_warn(self, seconds: float) -> None:
+        """A reload changed health.silence_warn_s: applies at once, no reopen."""
+        with self._config_lock:
+            self._config = replace(self._config, silence_warn_s=seconds)
+            if self._new_config is not None:
+                self._new_config = replace(self._new_config, silence_warn_s=seconds)
+            detector = getattr(self, "_detector", None)
+            if detector is not None:
+                detector.set_warn_after(seconds)
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.beat = self._clock()
-                if self._source is None:
-                    self._open()
-                    continue
-                self._read_once(self._source)
-        finally:
+    def step(self) -> None:
+        with self._config_lock:
+            new, self._new_config = self._new_config, None
+        if new is not None:
+            log.info("reload: reopening the capture device with the new audio settings",
+                     extra={"edgevoice": {"EVENT": "capture.reconfigure"}})
             self._close_source()
+            self._config = new
+            self._chunk_samples = INPUT_RATE * new.chunk_ms // 1000
+            self._backoff.reset()
+            self._failed_attempts = 0
+        if self._source is None:
+            self._open()
+            return
+        self._read_once(self._source)
+
+    def cleanup(self) -> None:
+        self._close_source()
 
     def _open(self) -> None:
-        source = self._make_source()
+        config = self._config
+        source = config.make_source()
         try:
             source.open()
         except AudioDeviceError as exc:
-            delay = self._backoff.next_delay()
-            if self._backoff.attempts <= 3 or self._backoff.attempts % 20 == 0:
-                log.error("capture device unavailable (attempt %d): %s; retry in %.1fs",
-                          self._backoff.attempts, exc, delay,
-                          extra={"edgevoice": {"EVENT": "capture.open_failed"}})
-            self._stats.set(last_error=f"microphone: {exc}")
-            self._stop.wait(delay)
+            self._open_failed(config, exc)
             return
+        if self._failed_attempts:
+            log.info("capture device available after %d failed attempts",
+                     self._failed_attempts,
+                     extra={"edgevoice": {"EVENT": "capture.available"}})
+        self._failed_attempts = 0
+        self.waiting = ""
         self._source = source
         self._backoff.reset()
         self._resampler = StreamingResampler(source.rate, INPUT_RATE)
-        self._detector = DeadInputDetector(self._silence_warn_s, clock=self._clock)
+        self._detector = DeadInputDetector(config.silence_warn_s, clock=self._clock)
         self._seen_overflows = source.stats.overflows
         self._seen_drops = source.stats.dropped_blocks
         self.description = source.description
@@ -114,6 +151,31 @@ class CaptureWorker:
         log.info("capturing from %s", source.description,
                  extra={"edgevoice": {"EVENT": "capture.opened"}})
         self.opened.set()
+
+    def _open_failed(self, config: CaptureConfig, exc: AudioDeviceError) -> None:
+        delay = self._backoff.next_delay()
+        self._failed_attempts += 1
+        attempt = self._failed_attempts
+        now = self._clock()
+        self.waiting = (f"waiting for microphone {config.device_label!r} (attempt {attempt}, "
+                        f"next in {delay:.1f}s)" if delay < 10 else f"next in {delay:.0f}s)")
+        self._stats.set(last_error=f"microphone: {exc}")
+        reason = " ".join(str(exc).split())
+        if attempt <= LOG_EACH_ATTEMPT:
+            log.error("capture device unavailable (attempt %d): %s; retry in %.1fs",
+                      attempt, reason, delay,
+                      extra={"edgevoice": {"EVENT": "capture.open_failed"}})
+            self._summary_at = now
+            self._summarised = attempt
+        elif now - self._summary_at >= SUMMARY_EVERY_S:
+            log.error("capture device still unavailable: %d attempts in the last %.0fs, "
+                      "%d in all (%s); retrying every %.0fs at most",
+                      attempt - self._summarised, now - self._summary_at, attempt, reason,
+                      self._backoff.max_s,
+                      extra={"edgevoice": {"EVENT": "capture.open_failed"}})
+            self._summary_at = now
+            self._summarised = attempt
+        self.sleep(delay)
 
     def _read_once(self, source: AudioSource) -> None:
         try:
@@ -139,7 +201,7 @@ class CaptureWorker:
         if reason:
             self.input_dead = True
             log.warning("microphone delivers %s for %.0fs: check the device and its mixer",
-                        reason, self._silence_warn_s,
+                        reason, self._config.silence_warn_s,
                         extra={"edgevoice": {"EVENT": "capture.dead_input"}})
         else:
             self.input_dead = False

@@ -10,6 +10,9 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgevoice.realtime.dispatch import EventDispatcher
+from edgevoice.realtime.protocol import ServerEvent, decode_audio_delta
+
 
 @dataclass
 class Counters:
@@ -44,6 +47,8 @@ class Stats:
     last_error: str = ""
     session_id: str = ""
     capture_rate: int = 0
+    waiting: str = ""  # what capture waits for ("waiting for microphone 'USB' ...")
+    reload: str = ""  # the last reload's rejection by the server, until the next session
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -65,5 +70,29 @@ class Stats:
                 "last_error": self.last_error,
                 "session_id": self.session_id,
                 "capture_rate": self.capture_rate,
+                "waiting": self.waiting,
+                "reload": self.reload,
                 "counters": asdict(self.counters),
             }
+
+
+def register_counters(dispatcher: EventDispatcher[Any], stats: Stats) -> None:
+    """Count server events through the one dispatch (handlers for any session type)."""
+
+    def count(name: str) -> Any:
+        def handler(session: object, event: ServerEvent) -> None:
+            stats.add(name)
+
+        handler.__qualname__ = f"count.{name}"
+        return handler
+
+    def audio(session: object, event: ServerEvent) -> None:
+        stats.add("response_audio_bytes", len(decode_audio_delta(event)))
+
+    dispatcher.on_every(count("server_events"))
+    dispatcher.on(count("speech_turns"), "input_audio_buffer.speech_started")
+    dispatcher.on(count("user_transcripts"),
+                  "conversation.item.input_audio_transcription.completed")
+    dispatcher.on(count("responses"), "response.done")
+    dispatcher.on(count("server_errors"), "error")
+    dispatcher.on(audio, "response.output_audio.delta")

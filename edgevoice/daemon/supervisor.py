@@ -4,6 +4,10 @@ It is the one place that decides what a failure means (retry, roll over, exit 77
 the workers only report. It ticks a few times a second: long enough to cost nothing, short
 enough that a stop request, a due watchdog ping or an expiring session is acted on in time.
 Connecting happens on a helper thread so that the loop never blocks on the network.
+
+A reload hands it new settings (`apply_settings`): session fields go to the open sessions as
+partial updates, and a changed server or mode opens a new session that replaces the
+current one at a quiet moment, exactly as a rollover does.
 """
 
 from __future__ import annotations
@@ -14,20 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgevoice.clock import Clock
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
-from edgevoice.daemon.capture_worker import CaptureWorker
+from edgevoice.daemon.ports import CaptureControl, UplinkControl
 from edgevoice.daemon.stats import Stats
-from edgevoice.daemon.uplink import Uplink
 from edgevoice.errors import (
     EXIT_OK,
     AuthError,
     ConfigError,
     ConnectionLost,
     EdgeVoiceError,
+    EndpointRejected,
 )
-from edgevoice.realtime.session import RealtimeSession
-from edgevoice.realtime.transport import Clock
+from edgevoice.realtime.link import SessionLink
 from edgevoice.settings import Settings
 
 log = logging.getLogger("edgevoice.supervisor")
@@ -37,6 +41,9 @@ STOP_BUDGET_S = 1.0  # flush what can be sent on shutdown, then close
 DRAIN_OLD_SESSION_S = 3.0  # after a rollover, let the old session's last events arrive
 QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summary line
 REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets
+SWITCH_AFTER_RELOAD_S = 30.0  # a changed server replaces the session by then, quiet or not
+ENDPOINT_RETRY_S = 300.0  # at least this long between tries of a server that rejected us
+STOP_BUDGET_WORKERS_S = 2.5  # every worker asked to stop, then all joined within this
 
 
 def _retry_after(error: EdgeVoiceError) -> float | None:
@@ -46,9 +53,10 @@ def _retry_after(error: EdgeVoiceError) -> float | None:
 
 @dataclass
 class _Attempt:
-    session: RealtimeSession
+    session: SessionLink
     thread: threading.Thread
     cancel: threading.Event
+    generation: int  # of the connection settings it was made with
     error: EdgeVoiceError | None = None
     for_rollover: bool = False
 
@@ -57,9 +65,9 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        make_session: Callable[[str], RealtimeSession],
-        capture: CaptureWorker,
-        uplink: Uplink,
+        make_session: Callable[[str], SessionLink],
+        capture: CaptureControl,
+        uplink: UplinkControl,
         backlog: ChunkBacklog,
         stats: Stats,
         *,
@@ -85,27 +93,83 @@ class Supervisor:
         self._rollover_retry_at = 0.0
         self._connected_since: float | None = None
         self._failures_in_row = 0
-        self._draining: list[tuple[RealtimeSession, float]] = []
+        self._draining: list[tuple[SessionLink, float]] = []
         self._session_no = 0
+        # Connection settings (server, mode) change on reload; sessions made before are
+        # replaced. Until one session with the current ones has been configured, a server
+        # that rejects the endpoint or the model means the settings are wrong (exit 78).
+        self._generation = 0
+        self._current_generation = 0
+        self._settings_proven = False
+        self._replace_by: float | None = None  # replace the current session by then
+        self._workers_started = False
         self.exit_code = EXIT_OK
         self.deadline: float | None = None  # `run --duration`: stop cleanly at this time
 
     def request_stop(self) -> None:
         self.stop_requested = True
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def replace_session_factory(self, make_session: Callable[[str], SessionLink]) -> None:
+        """The next sessions are made differently (a new API key); the open ones stay."""
+        self._make_session = make_session
+
+    def apply_settings(self, new: Settings,
+                       make_session: Callable[[str], SessionLink] | None = None) -> None:
+        """A reload: `make_session` is given when the connection settings changed."""
+        now = self._clock()
+        self._settings = new
+        r = new.reconnect
+        self._backoff.reconfigure(r.initial_s, r.max_s, r.multiplier)
+        if make_session is not None:
+            self._make_session = make_session
+            self._generation += 1
+            self._settings_proven = False
+            self._rollover_retry_at = 0.0
+            attempt = self._attempt
+            if attempt is not None:  # made with the old settings: start over
+                attempt.cancel.set()
+                attempt.session.abort()
+            pending = self._uplink.pending
+            if pending is not None:
+                self._uplink.drop_pending(pending)
+                pending.abort()
+            if self._uplink.target is not None:
+                self._replace_by = now + SWITCH_AFTER_RELOAD_S
+                log.info("reload: connection settings changed; opening a new session to "
+                         "switch to at a quiet moment")
+            else:
+                self._next_attempt_at = now
+            return
+        sessions = [self._uplink.target, self._uplink.pending]
+        if self._attempt is not None:
+            sessions.append(self._attempt.session)
+        for session in sessions:
+            if session is not None and not session.failed.is_set():
+                session.reconfigure(new.session)
+
     # -- main loop -----------------------------------------------------------------------
 
-    def run(self) -> int:
+    def start_workers(self) -> None:
+        if self._workers_started:
+            return
+        self._workers_started = True
         self._capture.start()
         self._uplink.start()
         self._stats.set(state="connecting")
+
+    def run(self) -> int:
+        self.start_workers()
         try:
             while not self.stop_requested:
                 now = self._clock()
                 if self.deadline is not None and now >= self.deadline:
                     log.info("run duration reached; stopping")
                     break
-                fatal = self._step(now)
+                fatal = self.step(now)
                 if fatal is not None:
                     self.exit_code = fatal.exit_code
                     log.critical("%s", fatal, extra={"edgevoice": {"EVENT": "fatal"}})
@@ -118,7 +182,8 @@ class Supervisor:
             self._shutdown()
         return self.exit_code
 
-    def _step(self, now: float) -> EdgeVoiceError | None:
+    def step(self, now: float) -> EdgeVoiceError | None:
+        """One look at every session and attempt; returns a fatal error to exit with."""
         attempt = self._attempt
         if attempt is not None and not attempt.thread.is_alive():
             self._attempt = None
@@ -146,6 +211,10 @@ class Supervisor:
             fatal = self._check_stall(current, now)
             if fatal is not None:
                 return fatal
+        for session in (current, self._uplink.pending):
+            text = session.take_reload_rejection() if session is not None else None
+            if text:
+                self._stats.set(reload=text)
         self._close_retired(now)
         return None
 
@@ -155,7 +224,8 @@ class Supervisor:
         self._session_no += 1
         session = self._make_session(f"s{self._session_no}")
         cancel = threading.Event()
-        attempt = _Attempt(session, threading.Thread(), cancel, for_rollover=for_rollover)
+        attempt = _Attempt(session, threading.Thread(), cancel, self._generation,
+                           for_rollover=for_rollover)
 
         def establish() -> None:
             try:
@@ -176,6 +246,9 @@ class Supervisor:
 
     def _attempt_finished(self, attempt: _Attempt, now: float) -> EdgeVoiceError | None:
         error = attempt.error
+        if attempt.generation != self._generation:
+            attempt.session.abort()  # made with settings a reload replaced
+            return None
         if error is None and attempt.cancel.is_set():
             error = ConnectionLost("cancelled")
         if error is not None:
@@ -183,14 +256,21 @@ class Supervisor:
             return self._connect_failed(error, now, attempt.for_rollover)
         session = attempt.session
         session.start_reader()
+        self._settings_proven = True
         self._stats.add("connections")
-        self._stats.set(session_id=session.session_id)
+        self._stats.set(session_id=session.session_id, reload="")
         if attempt.for_rollover and self._uplink.target is not None:
             deadline = self._switch_deadline(self._uplink.target, now)
+            if self._replace_by is not None:
+                deadline = min(deadline, self._replace_by)
+                self._replace_by = None
             self._uplink.offer_next(session, deadline)
+            self._current_generation = attempt.generation
             log.info("next session %s ready; switching at a quiet moment",
                      session.session_id)
             return None
+        self._current_generation = attempt.generation
+        self._replace_by = None
         if self._failures_in_row >= QUIET_LOG_AFTER:
             log.info("connected again after %d failed attempts", self._failures_in_row)
         self._failures_in_row = 0
@@ -211,6 +291,9 @@ class Supervisor:
 
     def _connect_failed(self, error: EdgeVoiceError, now: float,
                         for_rollover: bool) -> EdgeVoiceError | None:
+        if isinstance(error, EndpointRejected) and self._settings_proven:
+            self._endpoint_rejected(error, now, for_rollover)
+            return None
         if isinstance(error, AuthError | ConfigError):
             return error
         self._stats.add("connect_failures")
@@ -234,11 +317,31 @@ class Supervisor:
                         "every %.0fs", error, self._settings.reconnect.max_s)
         return None
 
+    def _endpoint_rejected(self, error: EdgeVoiceError, now: float,
+                           for_rollover: bool) -> None:
+        """A server that accepted these settings before now rejects them: a proxy's
+        hiccup, most likely. Never fatal then, but slow and loud."""
+        self._stats.add("connect_failures")
+        delay = max(ENDPOINT_RETRY_S, self._backoff.next_delay())
+        if for_rollover:
+            self._rollover_retry_at = now + delay
+        else:
+            self._next_attempt_at = now + delay
+            self._failures_in_row += 1
+            self._stats.set(state="offline", last_error=str(error),
+                            detail=f"server rejects what worked before; retry in "
+                                   f"{delay:.0f}s")
+        log.error("%s; it worked before, so retrying in %.0fs (fix the settings if this "
+                  "persists)", error, delay, extra={"edgevoice": {"EVENT": "endpoint_rejected"}})
+
     # -- while streaming -----------------------------------------------------------------
 
-    def _session_failed(self, session: RealtimeSession, now: float) -> EdgeVoiceError | None:
+    def _session_failed(self, session: SessionLink, now: float) -> EdgeVoiceError | None:
         error = session.failure or ConnectionLost("session ended")
-        if isinstance(error, AuthError | ConfigError):
+        if isinstance(error, EndpointRejected) and self._settings_proven:
+            error = ConnectionLost(str(error))  # it streamed: retry (with the long backoff)
+            self._next_attempt_at = now + ENDPOINT_RETRY_S
+        elif isinstance(error, AuthError | ConfigError):
             return error
         self._uplink.detach(replay_since=self._unread_since(session, error))
         session.abort()
@@ -256,11 +359,12 @@ class Supervisor:
         if session.expired:
             self._next_attempt_at = now  # expiry is routine: reconnect at once
         else:
-            self._next_attempt_at = now + self._backoff.next_delay(_retry_after(error))
+            self._next_attempt_at = max(self._next_attempt_at,
+                                        now + self._backoff.next_delay(_retry_after(error)))
         self._stats.set(state="offline", last_error=str(error))
         return None
 
-    def _unread_since(self, session: RealtimeSession, error: EdgeVoiceError) -> float:
+    def _unread_since(self, session: SessionLink, error: EdgeVoiceError) -> float:
         """From when on the lost session probably never read what it was sent.
 
         No ack exists for appends, so this is a bound, not knowledge: after a close or
@@ -277,16 +381,20 @@ class Supervisor:
                 now - since >= self._settings.reconnect.stable_after_s:
             self._backoff.reset()
 
-    def _switch_deadline(self, current: RealtimeSession, now: float) -> float:
+    def _switch_deadline(self, current: SessionLink, now: float) -> float:
         expires = current.expires_at_wall
         if expires is None:
             return now
         # Switch no later than 5 s before expiry, quiet moment or not.
         return now + max(0.0, expires - self._wall() - 5.0)
 
-    def _check_rollover(self, current: RealtimeSession, now: float) -> None:
+    def _check_rollover(self, current: SessionLink, now: float) -> None:
         if self._attempt is not None or self._uplink.pending is not None or \
                 now < self._rollover_retry_at:
+            return
+        if self._current_generation != self._generation:
+            log.info("opening a session with the reloaded connection settings")
+            self._start_attempt(for_rollover=True)
             return
         expires = current.expires_at_wall
         if expires is None:
@@ -297,7 +405,7 @@ class Supervisor:
                      current.session_id, remaining)
             self._start_attempt(for_rollover=True)
 
-    def _check_stall(self, current: RealtimeSession, now: float) -> EdgeVoiceError | None:
+    def _check_stall(self, current: SessionLink, now: float) -> EdgeVoiceError | None:
         limit = self._settings.health.stall_timeout_s
         probe_at = current.probe_sent_at
         if probe_at is not None:
@@ -312,10 +420,7 @@ class Supervisor:
                         now - current.last_event_at,
                         extra={"edgevoice": {"EVENT": "stall_probe",
                                              "SESSION": current.session_id}})
-            try:
-                current.probe()
-            except ConnectionLost as exc:
-                current.fail(exc)
+            current.probe()  # sent by the uplink, ahead of any queued audio
         return None
 
     def _close_retired(self, now: float) -> None:
@@ -342,17 +447,22 @@ class Supervisor:
         left = self._uplink.drain(deadline)
         if left:
             log.info("stopping with %d chunks unsent", left)
-        self._uplink.stop(timeout=1.0)
+        # Every stop first, then the joins, within one budget.
+        self._uplink.request_stop()
+        self._capture.request_stop()
         attempt = self._attempt
         if attempt is not None:
             attempt.cancel.set()
             attempt.session.abort()
-            attempt.thread.join(1.0)
+        join_by = self._clock() + STOP_BUDGET_WORKERS_S
+        self._uplink.join(max(0.1, join_by - self._clock()))
+        if attempt is not None:
+            attempt.thread.join(max(0.1, min(1.0, join_by - self._clock())))
         sessions = [s for s in (self._uplink.detach(), self._uplink.pending,
                                 self._uplink.take_retired()) if s is not None]
         sessions += [s for s, _ in self._draining]
         for session in sessions:
             session.close(1000, "client stopping", join_timeout_s=1.0)
-        if not self._capture.stop(timeout=2.5):
-            log.warning("capture did not stop within 2.5s (a read hangs in the driver)")
+        if not self._capture.join(max(0.1, join_by - self._clock())):
+            log.warning("capture did not stop in time (a read hangs in the driver)")
         self._stats.set(state="stopped")

@@ -1,8 +1,13 @@
-"""The uplink worker: owns `send`, moves audio from the backlog into the current session.
+"""The uplink worker: the one thread that sends, to whichever session is current.
 
-Without a session it sends nothing and the backlog fills (the outage buffer). A rollover
-hands it the next, already configured session; it switches between two chunks when the
-old one is quiet (or at a hard deadline), so every chunk goes to exactly one session.
+It owns `send` for every session it was handed: audio and ordered events from the
+backlog's ordered lane to the current session, urgent events (a new session's
+configuration, the stall probe, a reload's update, later cancel and truncate) to the
+session they name, ahead of any queued audio, and the WebSocket pings. Without a session
+it sends no audio and the backlog fills (the outage buffer). A rollover hands it the next,
+already configured session; it switches between two chunks when the old one is quiet, or
+while no audio flows at all (a closed gate), or at a hard deadline, so every chunk goes to
+exactly one session.
 """
 
 from __future__ import annotations
@@ -11,48 +16,57 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import Any
 
-from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
+from edgevoice.audio.level import SILENCE_DBFS, SPEECH_DBFS
+from edgevoice.clock import Clock
+from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog, ClientEvent, QueuedItem
 from edgevoice.daemon.stats import Stats
+from edgevoice.daemon.worker import Worker
 from edgevoice.errors import ConnectionLost
-from edgevoice.realtime.session import RealtimeSession
-from edgevoice.realtime.transport import Clock
+from edgevoice.realtime.link import SessionLink
 
 log = logging.getLogger("edgevoice.uplink")
 
+WAIT_S = 0.1  # longest wait for an item: pings and an idle switch are checked this often
 
-class Uplink:
+
+class Uplink(Worker):
     def __init__(self, backlog: ChunkBacklog, stats: Stats, clock: Clock = time.monotonic,
                  keep_sent: int = 1500) -> None:
+        super().__init__("uplink", clock)
         self._backlog = backlog
         # What the current session was sent, newest last: replayed if it dies unread.
-        self._sent: deque[tuple[float, AudioChunk]] = deque(maxlen=keep_sent)
+        self._sent: deque[tuple[float, QueuedItem]] = deque(maxlen=keep_sent)
         self._stats = stats
-        self._clock = clock
-        self._lock = threading.Condition()
-        self._target: RealtimeSession | None = None
-        self._next: RealtimeSession | None = None
+        self._lock = threading.Lock()
+        self._target: SessionLink | None = None
+        self._next: SessionLink | None = None
         self._next_deadline = 0.0
-        self._retired: RealtimeSession | None = None  # the old session after a switch
+        self._retired: SessionLink | None = None  # the old session after a switch
         self._replay_until_seq = -1  # chunks up to this seq were buffered during an outage
         self._replay_since: float | None = None  # pending: requeue what was sent since
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
-        self.beat = clock()
+
+    # -- Outbox --------------------------------------------------------------------------
+
+    def submit(self, event: dict[str, Any], to: SessionLink | None,
+               urgent: bool = True) -> None:
+        item = ClientEvent(event, to, urgent)
+        if urgent:
+            self._backlog.put_urgent(item)
+        else:
+            self._backlog.put(item)
 
     # -- control, from the supervisor ----------------------------------------------------
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def attach(self, session: RealtimeSession, replay_until_seq: int) -> None:
+    def attach(self, session: SessionLink, replay_until_seq: int) -> None:
         with self._lock:
             self._target = session
             self._next = None
             self._replay_until_seq = replay_until_seq
-            self._lock.notify_all()
+        self._backlog.wake()
 
-    def detach(self, replay_since: float | None = None) -> RealtimeSession | None:
+    def detach(self, replay_since: float | None = None) -> SessionLink | None:
         """Stop sending to the current session; with `replay_since`, the worker puts what
         it sent to that session since then back in front of the backlog (in its own thread,
         so the order of chunks is never mixed up with a chunk it is just giving back)."""
@@ -64,69 +78,121 @@ class Uplink:
                                                                               replay_since)
             else:
                 self._sent.clear()
-            return old
+        self._backlog.wake()
+        return old
 
-    def offer_next(self, session: RealtimeSession, deadline: float) -> None:
+    def offer_next(self, session: SessionLink, deadline: float) -> None:
         """Switch to `session` at the next quiet moment, or at `deadline` at the latest."""
         with self._lock:
             self._next = session
             self._next_deadline = deadline
-            self._lock.notify_all()
+        self._backlog.wake()
 
-    def drop_pending(self, session: RealtimeSession) -> None:
+    def drop_pending(self, session: SessionLink) -> None:
         with self._lock:
             if self._next is session:
                 self._next = None
 
-    def take_retired(self) -> RealtimeSession | None:
+    def take_retired(self) -> SessionLink | None:
         with self._lock:
             old, self._retired = self._retired, None
             return old
 
     @property
-    def target(self) -> RealtimeSession | None:
+    def target(self) -> SessionLink | None:
         with self._lock:
             return self._target
 
     @property
-    def pending(self) -> RealtimeSession | None:
+    def pending(self) -> SessionLink | None:
         with self._lock:
             return self._next
 
-    def stop(self, timeout: float) -> bool:
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+    def wake(self) -> None:
+        self._backlog.wake()
 
     def drain(self, deadline: float) -> int:
         """On shutdown: let the worker send what is buffered until `deadline`; returns left."""
-        while self._clock() < deadline and len(self._backlog) and self.target is not None \
-                and not self.target.failed.is_set():
+        while self._clock() < deadline and (len(self._backlog) or
+                                            self._backlog.urgent_pending()) \
+                and self.target is not None and not self.target.failed.is_set():
             self._stop.wait(0.02)
         return len(self._backlog)
 
     # -- the worker ----------------------------------------------------------------------
+
+    def step(self, timeout: float = WAIT_S) -> None:
+        """Send one item (or wait up to `timeout` for one); public for unit tests."""
+        with self._lock:
+            self._requeue_pending()
+            target, pending = self._target, self._next
+        for session in (target, pending):
+            if session is not None and not session.failed.is_set():
+                try:
+                    session.ping_if_due()
+                except ConnectionLost as exc:
+                    session.fail(exc)
+        streaming = target is not None and not target.failed.is_set()
+        item = self._backlog.get(timeout, ordered=streaming)
+        if item is None:
+            with self._lock:
+                self._maybe_switch(SILENCE_DBFS)  # no audio flows: a quiet moment
+            return
+        if isinstance(item, ClientEvent) and item.urgent:
+            self._send_urgent(item, target)
+            return
+        with self._lock:
+            if isinstance(item, AudioChunk):
+                self._maybe_switch(item.rms_dbfs)
+            session = self._target
+            if session is None or self._replay_since is not None:
+                # Detached meanwhile: this item is newer than any replayed one.
+                self._backlog.push_front([item])
+                return
+        self._send_to_current(session, item)
+
+    def _send_urgent(self, item: ClientEvent, target: SessionLink | None) -> None:
+        """An interrupting event: to its session, or to the current one; never replayed
+        (a cancel or a probe means nothing to the next session)."""
+        session = item.to if item.to is not None else target
+        if session is None or session.failed.is_set():
+            log.debug("not sending %s: its session is gone", item.event.get("type"))
+            return
+        try:
+            session.send_event(item.event)
+        except ConnectionLost as exc:
+            session.fail(exc)
+
+    def _send_to_current(self, session: SessionLink, item: QueuedItem) -> None:
+        try:
+            if isinstance(item, AudioChunk):
+                session.send_audio(item.pcm, item.rms_dbfs)
+            else:
+                session.send_event(item.event)
+        except ConnectionLost as exc:
+            # Not sent: it goes back to the front and is replayed on the next session.
+            self._backlog.push_front([item])
+            session.fail(exc)
+            return
+        with self._lock:
+            # Recorded even if just detached: then it is the newest item to replay.
+            self._sent.append((self._clock(), item))
+        if isinstance(item, AudioChunk):
+            self._stats.add("chunks_sent")
+            self._stats.add("audio_bytes_sent", len(item.pcm))
+            if item.seq <= self._replay_until_seq:
+                self._stats.add("chunks_replayed")
 
     def _requeue_pending(self) -> None:
         """Called with the lock held, from the worker thread only."""
         since, self._replay_since = self._replay_since, None
         if since is None:
             return
-        again = [chunk for sent_at, chunk in self._sent if sent_at >= since]
+        again = [item for sent_at, item in self._sent if sent_at >= since]
         self._sent.clear()
         if again:
             self._backlog.push_front(again)
             log.info("replaying %d chunks the lost session may not have read", len(again))
-
-    def _current(self) -> RealtimeSession | None:
-        with self._lock:
-            self._requeue_pending()
-            if self._target is None or self._target.failed.is_set():
-                self._lock.wait(0.25)
-                return None
-            return self._target
 
     def _maybe_switch(self, chunk_rms: float) -> None:
         """Called with the lock held, from the worker thread only."""
@@ -135,42 +201,11 @@ class Uplink:
             return
         if old.failed.is_set():
             return  # the supervisor handles it: replay, fatal exits, then the switch
-        quiet = old.is_quiet() and chunk_rms < -45.0
+        quiet = old.is_quiet() and chunk_rms < SPEECH_DBFS
         if quiet or self._clock() >= self._next_deadline:
             self._target, self._next, self._retired = nxt, None, old
             self._sent.clear()
             self._stats.add("rollovers")
             log.info("uplink switched to session %s (%s)", nxt.session_id,
                      "quiet moment" if quiet else "deadline")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.beat = self._clock()
-            session = self._current()
-            if session is None:
-                continue
-            chunk = self._backlog.get(timeout=0.25)
-            if chunk is None:
-                continue
-            with self._lock:
-                self._maybe_switch(chunk.rms_dbfs)
-                session = self._target
-                if session is None or self._replay_since is not None:
-                    # Detached meanwhile: this chunk is newer than any replayed one.
-                    self._backlog.push_front([chunk])
-                    continue
-            try:
-                session.send_audio(chunk.pcm, chunk.rms_dbfs)
-            except ConnectionLost as exc:
-                # Not sent: it goes back to the front and is replayed on the next session.
-                self._backlog.push_front([chunk])
-                session.fail(exc)
-                continue
-            with self._lock:
-                # Recorded even if just detached: then it is the newest chunk to replay.
-                self._sent.append((self._clock(), chunk))
-            self._stats.add("chunks_sent")
-            self._stats.add("audio_bytes_sent", len(chunk.pcm))
-            if chunk.seq <= self._replay_until_seq:
-                self._stats.add("chunks_replayed")
 

@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fixed VAD threshold in dBFS (default: from turn_detection.threshold, 0.5=-40)",
     )
     parser.add_argument(
+        "--retired-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="treat model NAME as retired (error model_not_found, close 1008); repeatable",
+    )
+    parser.add_argument(
         "--control",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         keep_history=False,
         expire_close_only=bool(getattr(args, "expire_close_only", False)),
         vad_threshold_dbfs=getattr(args, "vad_dbfs", None),
+        retired_models=getattr(args, "retired_model", None) or (),
     )
 
     def ready() -> None:

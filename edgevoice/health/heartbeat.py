@@ -27,16 +27,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgevoice.clock import Clock
 from edgevoice.health.notify import Notifier
 
 __all__ = ["Clock", "HealthVerdict", "HeartbeatRegistry", "WatchdogGate"]
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 
 @dataclass

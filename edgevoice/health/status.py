@@ -48,13 +48,20 @@ def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | Non
     state = snapshot["state"]
     rate = snapshot.get("capture_rate") or 0
     rates = f"{rate / 1000:g}k\u219224k" if rate else "no microphone"
+    waiting = snapshot.get("waiting") or ""
     if state == "streaming":
         age = f"session {session_age_s / 60:.0f}m" if session_age_s is not None else "session"
         text = f"streaming to {model} {rates}, {age}, {c['reconnects']} reconnects"
+        if waiting:  # connected, but the microphone is not there (yet)
+            text = f"connected to {model}, {waiting}"
     elif state == "offline":
         text = f"offline: {snapshot.get('detail', '')} ({snapshot.get('last_error', '')})"
+        if waiting:
+            text += f"; {waiting}"
     else:
-        text = f"{state}: {rates}"
-        if snapshot.get("last_error"):
+        text = f"{state}: {waiting or rates}"
+        if snapshot.get("last_error") and not waiting:
             text += f", last error: {snapshot['last_error']}"
+    if snapshot.get("reload"):
+        text += f"; {snapshot['reload']}"
     return " ".join(text.split())[:250]

@@ -14,14 +14,23 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from edgevoice.errors import ConfigError, ProtocolError
+from edgevoice.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionLost,
+    EdgeVoiceError,
+    ModelRejected,
+    ProtocolError,
+    SessionConfigRejected,
+)
+from edgevoice.realtime.models import MULTI_LANGUAGE_TRANSCRIPTION
 from edgevoice.settings import ServerSettings, SessionSettings
 
 INPUT_RATE = 24000  # audio/pcm is 24 kHz mono s16le, and nothing else
 OUTPUT_RATE = 24000
 
 # Beta-era names some proxies still send -> the GA name we dispatch on.
-_BETA_EVENT_NAMES = {
+BETA_EVENT_NAMES = {
     "response.audio.delta": "response.output_audio.delta",
     "response.audio.done": "response.output_audio.done",
     "response.audio_transcript.delta": "response.output_audio_transcript.delta",
@@ -38,6 +47,7 @@ BENIGN_ERROR_CODES = frozenset(
     {"response_cancel_not_active", "conversation_already_has_active_response"}
 )
 RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
+MODEL_ERROR_CODES = frozenset({"model_not_found", "invalid_model"})
 TRANSIENT_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013})
 BETA_SHAPE_CLOSE_CODE = 4000
 
@@ -94,7 +104,10 @@ def session_config(session: SessionSettings) -> dict[str, Any]:
         turn = None
     transcription: dict[str, Any] = {"model": session.transcription_model}
     if session.language:
-        transcription["language"] = session.language
+        if session.transcription_model in MULTI_LANGUAGE_TRANSCRIPTION:
+            transcription["languages"] = [session.language]
+        else:
+            transcription["language"] = session.language
     audio_in: dict[str, Any] = {
         "format": {"type": "audio/pcm", "rate": INPUT_RATE},
         "noise_reduction": (
@@ -122,11 +135,66 @@ def session_update(session: SessionSettings) -> dict[str, Any]:
             "session": session_config(session)}
 
 
+def session_type(session: SessionSettings) -> str:
+    return "transcription" if session.mode == "transcribe" else "realtime"
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The part of `new` that differs from `old`, as a partial session object.
+
+    The server changes only the fields present, so a reload sends just these. Sub-objects
+    that the server replaces as a whole (format, turn_detection, transcription,
+    noise_reduction, voice) are compared and sent whole. `type` is always carried: the
+    server needs it to read the rest. Empty (besides `type`) when nothing changed.
+    """
+    changes: dict[str, Any] = {"type": new.get("type")}
+    for key, value in new.items():
+        if key == "type" or old.get(key) == value:
+            continue
+        if key == "audio" and isinstance(value, dict) and isinstance(old.get(key), dict):
+            audio: dict[str, Any] = {}
+            for side, block in value.items():
+                old_block = old[key].get(side)
+                if not isinstance(block, dict) or not isinstance(old_block, dict):
+                    if block != old_block:
+                        audio[side] = block
+                    continue
+                diff = {k: v for k, v in block.items() if old_block.get(k) != v}
+                if diff:
+                    audio[side] = diff
+            if audio:
+                changes["audio"] = audio
+        else:
+            changes[key] = value
+    return changes
+
+
+def without_voice(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` minus audio.output.voice (and the blocks that become empty)."""
+    out = dict(config)
+    audio = dict(out.get("audio") or {})
+    output = dict(audio.get("output") or {})
+    output.pop("voice", None)
+    if output:
+        audio["output"] = output
+    else:
+        audio.pop("output", None)
+    if audio:
+        out["audio"] = audio
+    else:
+        out.pop("audio", None)
+    return out
+
+
+def voice_of(config: dict[str, Any]) -> str | None:
+    voice = ((config.get("audio") or {}).get("output") or {}).get("voice")
+    return voice if isinstance(voice, str) else None
+
+
 def probe_update(session: SessionSettings) -> dict[str, Any]:
     """A session.update that changes nothing: the server must still answer session.updated."""
-    session_type = "transcription" if session.mode == "transcribe" else "realtime"
     return {"type": "session.update", "event_id": new_event_id(),
-            "session": {"type": session_type}}
+            "session": {"type": session_type(session)}}
 
 
 def audio_append(pcm: bytes) -> dict[str, Any]:
@@ -163,7 +231,7 @@ def parse_server_event(text: str | bytes) -> ServerEvent:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError(f"server sent JSON without a 'type': {text[:80]!r}")
     raw_type: str = data["type"]
-    event_type = _BETA_EVENT_NAMES.get(raw_type, raw_type)
+    event_type = BETA_EVENT_NAMES.get(raw_type, raw_type)
     return ServerEvent(event_type, data)
 
 
@@ -199,6 +267,7 @@ class ServerError:
 class ErrorClass(enum.Enum):
     CREDENTIALS = "credentials"  # exit 77
     CONFIG = "config"  # exit 78
+    MODEL = "model"  # exit 78 on a first connection, else a long backoff
     RATE_LIMITED = "rate_limited"
     SESSION_EXPIRED = "session_expired"
     BENIGN = "benign"
@@ -216,7 +285,45 @@ def classify_error(error: ServerError) -> ErrorClass:
         return ErrorClass.BENIGN
     if error.code == "beta_api_shape_disabled":
         return ErrorClass.CONFIG
+    if error.code in MODEL_ERROR_CODES:
+        return ErrorClass.MODEL
     return ErrorClass.OTHER
+
+
+def exception_for_error(error: ServerError, pending_update_id: str = "") -> EdgeVoiceError | None:
+    """What a server `error` means for the session, in one place for configuring and streaming.
+
+    None: the session goes on (the error is logged and counted by the dispatch handlers).
+    `pending_update_id` is the session.update being waited for while configuring: an
+    invalid-request error that names it (or names no event at all) is a rejection of our
+    session shape; a server_error without an id is the server's trouble, not our settings'.
+    """
+    klass = classify_error(error)
+    message = error.message or error.code or error.type or "no message"
+    if klass is ErrorClass.CREDENTIALS:
+        return AuthError(f"server rejected the credentials: {error.code}: {message}")
+    if klass is ErrorClass.CONFIG:
+        return ConfigError(rejection_text(error))
+    if klass is ErrorClass.MODEL:
+        setting = ("session.transcription_model" if "transcription" in error.param
+                   else "server.model")
+        return ModelRejected(f"{setting}: the server rejected the model: {message} "
+                             f"({error.code})")
+    if klass is ErrorClass.SESSION_EXPIRED:
+        return ConnectionLost(f"session expired: {message}", close_code=1001)
+    if klass is ErrorClass.RATE_LIMITED:
+        return ConnectionLost(f"rate limited: {message}")
+    if klass is ErrorClass.OTHER and pending_update_id and (
+            error.event_id == pending_update_id
+            or (not error.event_id and error.type == "invalid_request_error")):
+        return SessionConfigRejected(rejection_text(error))
+    return None
+
+
+def rejection_text(error: ServerError) -> str:
+    field = error.param or "session"
+    return (f"{field}: server rejected session.update: {error.message or error.code} "
+            f"({error.code or error.type})")
 
 
 def check_effective_input(session: dict[str, Any]) -> None:

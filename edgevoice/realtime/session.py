@@ -2,8 +2,12 @@
 
 A session is configured from the settings every time (nothing assumes the server
 remembers) and audio is sent only after `session.updated` confirmed 24 kHz PCM. The
-reader thread owns `recv`; whatever ends the session is stored as `failure` and signalled
-through `failed`, so the supervisor decides, in one place, what to do about it.
+session never writes to its socket itself: every client event goes through the `Outbox`
+(the uplink thread, which owns the send side). Its reader thread owns `recv` and hands
+each event to the one `EventDispatcher`; the session's own state is kept by the first
+handlers registered there (`new_dispatcher`). Whatever ends the session is stored as
+`failure` and signalled through `failed`, so the supervisor decides, in one place, what to
+do about it.
 """
 
 from __future__ import annotations
@@ -13,34 +17,31 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
+from edgevoice.audio.level import SPEECH_DBFS
+from edgevoice.clock import Clock
 from edgevoice.errors import (
     AuthError,
     ConfigError,
     ConnectionLost,
     EdgeVoiceError,
     ProtocolError,
-    SessionConfigRejected,
 )
 from edgevoice.realtime import protocol
-from edgevoice.realtime.protocol import ErrorClass, ServerError, ServerEvent
-from edgevoice.realtime.transport import Clock, Transport
+from edgevoice.realtime.dispatch import EventDispatcher
+from edgevoice.realtime.link import Outbox
+from edgevoice.realtime.protocol import ServerError, ServerEvent
+from edgevoice.realtime.transport import Transport
 from edgevoice.settings import SessionSettings
 
 log = logging.getLogger("edgevoice.session")
 
-SPEECH_DBFS = -45.0  # a chunk louder than this counts as "speech sent" for stall checks
+SENT_TYPES_KEPT = 256  # event ids remembered to name the event a server error refers to
 
 
-class SessionObserver(Protocol):
-    """What the session reports upward (counters, playback); implemented by the daemon."""
-
-    def on_server_event(self, event: ServerEvent) -> None: ...
-    def on_output_audio(self, pcm: bytes) -> None: ...
-
-
-def _fields(**values: object) -> dict[str, object]:
+def fields(**values: object) -> dict[str, object]:
+    """Structured journal fields (EDGEVOICE_*) for a log call's `extra`."""
     return {"edgevoice": {k: v for k, v in values.items() if v not in (None, "")}}
 
 
@@ -49,18 +50,18 @@ class RealtimeSession:
         self,
         transport: Transport,
         settings: SessionSettings,
-        observer: SessionObserver,
+        dispatcher: EventDispatcher[RealtimeSession],
+        outbox: Outbox,
         *,
         update_timeout_s: float,
         clock: Clock = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         name: str = "session",
-        log_all_events: bool = False,
     ) -> None:
-        self._log_all_events = log_all_events
         self._transport = transport
         self._settings = settings
-        self._observer = observer
+        self._dispatcher = dispatcher
+        self._outbox = outbox
         self._update_timeout_s = update_timeout_s
         self._clock = clock
         self._wall_clock = wall_clock
@@ -74,21 +75,33 @@ class RealtimeSession:
         self.expired = False  # session_expired or 1001: roll over at once
         self.speech_active = False
         self.response_active = False
+        self.produced_audio = False  # the voice cannot change any more
         now = clock()
         self.last_event_at = now
         self.last_speech_sent_at = 0.0
         self.probe_sent_at: float | None = None
         self._probe_id = ""
+        self._lock = threading.Lock()
+        self._applied: dict[str, Any] | None = None  # the configuration the server has
+        self._pending_update_id = ""  # the session.update establish() waits for
+        self._reload_ids: set[str] = set()
+        self._reload_rejection: str | None = None
+        self._voice_deferred = False
         self._sent_types: OrderedDict[str, str] = OrderedDict()  # event_id -> type
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self.reader_beat = now  # heartbeat for the watchdog
         self.bytes_sent = 0
 
+    @property
+    def settings(self) -> SessionSettings:
+        with self._lock:
+            return self._settings
+
     # -- establishing ------------------------------------------------------------------
 
     def establish(self, cancel: threading.Event) -> None:
-        """Connect, await session.created, send our session.update, await session.updated.
+        """Connect, await session.created, have our session.update sent, await session.updated.
 
         Raises the error class the supervisor acts on. `cancel` aborts the wait early.
         """
@@ -100,23 +113,31 @@ class RealtimeSession:
             expires = session.get("expires_at")
             if isinstance(expires, int | float) and expires > 0:
                 self.expires_at_wall = float(expires)
-        update = protocol.session_update(self._settings)
-        self._send(update)
-        updated = self._await(
-            lambda e: e.type == "session.updated", "session.updated", cancel,
-            update_id=update["event_id"],
-        )
+        with self._lock:
+            settings = self._settings
+        config = protocol.session_config(settings)
+        update: dict[str, Any] = {"type": "session.update",
+                                  "event_id": protocol.new_event_id(), "session": config}
+        self._pending_update_id = update["event_id"]
+        self._outbox.submit(update, to=self)
+        updated = self._await(lambda e: e.type == "session.updated", "session.updated", cancel)
+        self._pending_update_id = ""
         effective = updated.data.get("session")
         if not isinstance(effective, dict):
             raise ProtocolError("session.updated carries no session object")
         protocol.check_effective_input(effective)
+        with self._lock:
+            self._applied = config
+            changed_meanwhile = self._settings is not settings
         self.configured_at = self._clock()
         self.last_event_at = self.configured_at
         log.info(
             "session %s configured (%s, expires in %s)",
-            self.session_id or "?", self._settings.mode, self._expires_text(),
-            extra=_fields(EVENT="session.updated", SESSION=self.session_id),
+            self.session_id or "?", settings.mode, self._expires_text(),
+            extra=fields(EVENT="session.updated", SESSION=self.session_id),
         )
+        if changed_meanwhile:  # a reload arrived while we were configuring
+            self.reconfigure(self.settings)
 
     def _expires_text(self) -> str:
         if self.expires_at_wall is None:
@@ -124,14 +145,12 @@ class RealtimeSession:
         return f"{max(0.0, self.expires_at_wall - self._wall_clock()) / 60:.0f} min"
 
     def _await(
-        self,
-        match: Callable[[ServerEvent], bool],
-        what: str,
-        cancel: threading.Event,
-        update_id: str = "",
+        self, match: Callable[[ServerEvent], bool], what: str, cancel: threading.Event
     ) -> ServerEvent:
         deadline = self._clock() + self._update_timeout_s
         while not cancel.is_set():
+            if self.failed.is_set() and self.failure is not None:
+                raise self.failure
             if self._clock() > deadline:
                 raise ConnectionLost(
                     f"no {what} within {self._update_timeout_s:g}s after connecting"
@@ -141,31 +160,64 @@ class RealtimeSession:
                 continue
             event = protocol.parse_server_event(text)
             self.last_event_at = self._clock()
-            self._observer.on_server_event(event)
+            self._dispatcher.dispatch(self, event)
+            if self.failed.is_set() and self.failure is not None:
+                raise self.failure
             if match(event):
                 return event
-            if event.type == "error":
-                error = ServerError.from_event(event)
-                self._log_server_error(error)
-                klass = protocol.classify_error(error)
-                if klass is ErrorClass.CREDENTIALS:
-                    raise AuthError(f"server rejected the credentials: {error.code}: "
-                                    f"{error.message}")
-                if klass is ErrorClass.RATE_LIMITED:
-                    raise ConnectionLost(f"rate limited: {error.message}")
-                if klass is ErrorClass.SESSION_EXPIRED:
-                    raise ConnectionLost("session expired while configuring", close_code=1001)
-                if klass is ErrorClass.CONFIG:
-                    raise ConfigError(_rejection_text(error))
-                # A rejection of our update names it, or is a request error without an id;
-                # a server_error without one is the server's trouble, not our settings'.
-                if update_id and klass is ErrorClass.OTHER and (
-                        error.event_id == update_id
-                        or (not error.event_id and error.type == "invalid_request_error")):
-                    raise SessionConfigRejected(_rejection_text(error))
-            else:
-                self._log_event(event)
         raise ConnectionLost("cancelled while connecting")
+
+    # -- reloading -----------------------------------------------------------------------
+
+    def reconfigure(self, new: SessionSettings) -> None:
+        """Apply changed session settings: only the fields that changed go to the server.
+
+        The voice cannot change once the model has produced audio (the server would reject
+        the whole update), so then it is left for the next session and said so once. Before
+        the session is configured, establish() picks the new settings up itself.
+        """
+        with self._lock:
+            self._settings = new
+            applied = self._applied
+            if applied is None:
+                return
+            target = protocol.session_config(new)
+            changes = protocol.config_changes(applied, target)
+            new_voice = protocol.voice_of(changes)
+            if new_voice is not None and self.produced_audio:
+                changes = protocol.without_voice(changes)
+                target = protocol.without_voice(target)
+                old_voice = protocol.voice_of(applied)
+                if old_voice is not None:
+                    target.setdefault("audio", {}).setdefault("output", {})["voice"] = old_voice
+                deferred = not self._voice_deferred
+                self._voice_deferred = True
+            else:
+                deferred = False
+            if set(changes) == {"type"}:
+                changes = {}
+            else:
+                self._applied = {**applied, **target}
+            update: dict[str, Any] | None = None
+            if changes:
+                update = {"type": "session.update", "event_id": protocol.new_event_id(),
+                          "session": changes}
+                self._reload_ids.add(update["event_id"])
+        if deferred:
+            log.info("reload: the voice change to %r applies from the next session (this one "
+                     "has produced audio, and its voice cannot change)", new_voice,
+                     extra=fields(EVENT="reload_deferred", SESSION=self.session_id))
+        if update is not None:
+            log.info("reload: sending the changed session fields (%s) to session %s",
+                     ", ".join(_changed_paths(update["session"])), self.session_id,
+                     extra=fields(EVENT="reload_update", SESSION=self.session_id))
+            self._outbox.submit(update, to=self)
+
+    def take_reload_rejection(self) -> str | None:
+        """The text of a rejected reload update, once (the supervisor puts it in the status)."""
+        with self._lock:
+            text, self._reload_rejection = self._reload_rejection, None
+            return text
 
     # -- streaming -----------------------------------------------------------------------
 
@@ -175,27 +227,34 @@ class RealtimeSession:
         self._reader.start()
 
     def send_audio(self, pcm: bytes, rms_dbfs: float) -> None:
-        self._send(protocol.audio_append(pcm), remember=False)
+        """Called by the sender thread only."""
+        self._transport.send_event(protocol.audio_append(pcm))
         self.bytes_sent += len(pcm)
         if rms_dbfs > SPEECH_DBFS:
             self.last_speech_sent_at = self._clock()
 
-    def send(self, event: dict[str, Any]) -> None:
-        self._send(event)
-
-    def _send(self, event: dict[str, Any], remember: bool = True) -> None:
-        if remember:
+    def send_event(self, event: dict[str, Any]) -> None:
+        """Called by the sender thread only; remembers the type to explain server errors."""
+        with self._lock:
             self._sent_types[event["event_id"]] = event["type"]
-            while len(self._sent_types) > 256:
+            while len(self._sent_types) > SENT_TYPES_KEPT:
                 self._sent_types.popitem(last=False)
         self._transport.send_event(event)
 
+    def ping_if_due(self) -> None:
+        """Called by the sender thread only."""
+        self._transport.ping_if_due()
+
+    def sent_type(self, event_id: str) -> str:
+        with self._lock:
+            return self._sent_types.get(event_id, "")
+
     def probe(self) -> None:
         """Ask for a session.updated; a live session always answers one."""
-        event = protocol.probe_update(self._settings)
+        event = protocol.probe_update(self.settings)
         self._probe_id = event["event_id"]
         self.probe_sent_at = self._clock()
-        self._send(event)
+        self._outbox.submit(event, to=self)
 
     def stalled_for(self, now: float) -> float:
         """Seconds the server has been silent while we sent speech, 0 if not stalled."""
@@ -218,6 +277,7 @@ class RealtimeSession:
             self.failure = error
 
     def close(self, code: int = 1000, reason: str = "", join_timeout_s: float = 2.0) -> None:
+        """Close frame and join the reader; only once the sender no longer uses the session."""
         self._stop.set()
         self._transport.close(code, reason)
         if self._reader is not None and self._reader is not threading.current_thread():
@@ -241,11 +301,11 @@ class RealtimeSession:
                     event = protocol.parse_server_event(text)
                 except ProtocolError as exc:
                     # One bad frame does not prove the session dead; the stall check will.
-                    log.warning("%s", exc, extra=_fields(EVENT="malformed",
-                                                         SESSION=self.session_id))
+                    log.warning("%s", exc, extra=fields(EVENT="malformed",
+                                                        SESSION=self.session_id))
                     continue
                 self.last_event_at = self._clock()
-                self._handle(event)
+                self._dispatcher.dispatch(self, event)
         except EdgeVoiceError as exc:
             if not self._stop.is_set():
                 if isinstance(exc, ConnectionLost) and exc.close_code == 1001:
@@ -257,105 +317,74 @@ class RealtimeSession:
         finally:
             self.reader_beat = self._clock()
 
-    def _handle(self, event: ServerEvent) -> None:
-        self._observer.on_server_event(event)
-        kind = event.type
-        if kind == "error":
-            error = ServerError.from_event(event)
-            self._log_server_error(error)
-            klass = protocol.classify_error(error)
-            if klass is ErrorClass.CREDENTIALS:
-                self.fail(AuthError(f"server rejected the credentials: {error.code}: "
-                                    f"{error.message}"))
-            elif klass is ErrorClass.CONFIG:
-                self.fail(ConfigError(_rejection_text(error)))
-            elif klass is ErrorClass.SESSION_EXPIRED:
+    # -- state handlers (registered first in every dispatcher) ---------------------------
+
+    def _on_error(self, event: ServerEvent) -> None:
+        error = ServerError.from_event(event)
+        failure = protocol.exception_for_error(error, self._pending_update_id)
+        if failure is not None:
+            if isinstance(failure, ConnectionLost) and failure.close_code == 1001:
                 self.expired = True
-                self.fail(ConnectionLost(f"session expired: {error.message}", close_code=1001))
-            elif klass is ErrorClass.RATE_LIMITED:
-                self.fail(ConnectionLost(f"rate limited: {error.message}"))
-            elif error.event_id and error.event_id == self._probe_id:
-                self.probe_sent_at = None  # an answer all the same: the session is alive
+            self.fail(failure)
             return
-        if kind == "session.updated":
-            session = event.data.get("session")
-            if isinstance(session, dict):
-                try:
-                    protocol.check_effective_input(session)
-                except ConfigError as exc:
-                    self.fail(exc)
-            self.probe_sent_at = None
-        elif kind == "input_audio_buffer.speech_started":
-            self.speech_active = True
-        elif kind in ("input_audio_buffer.speech_stopped", "input_audio_buffer.timeout_triggered"):
-            self.speech_active = False
-        elif kind == "response.created":
-            self.response_active = True
-        elif kind == "response.done":
-            self.response_active = False
-        elif kind == "response.output_audio.delta":
-            self._observer.on_output_audio(protocol.decode_audio_delta(event))
-        self._log_event(event)
+        if error.event_id and error.event_id == self._probe_id:
+            self.probe_sent_at = None  # an answer all the same: the session is alive
+        with self._lock:
+            is_reload = error.event_id in self._reload_ids
+            if is_reload:
+                text = (f"reload rejected: {error.param or 'session'}, "
+                        f"{error.message or error.code}")
+                self._reload_rejection = text
+        if is_reload:
+            log.error("%s", text, extra=fields(EVENT="reload_rejected",
+                                               SESSION=self.session_id,
+                                               ERROR_CODE=error.code))
 
-    # -- logging -------------------------------------------------------------------------
+    def _on_updated(self, event: ServerEvent) -> None:
+        session = event.data.get("session")
+        if isinstance(session, dict) and self.configured_at:
+            try:
+                protocol.check_effective_input(session)
+            except ConfigError as exc:
+                self.fail(exc)
+        self.probe_sent_at = None
 
-    def _log_event(self, event: ServerEvent) -> None:
-        kind = event.type
-        fields = _fields(EVENT=kind, SESSION=self.session_id)
-        if kind == "input_audio_buffer.speech_started":
-            log.info("speech started at %.2fs", _ms(event, "audio_start_ms"), extra=fields)
-        elif kind == "input_audio_buffer.speech_stopped":
-            log.info("speech stopped at %.2fs", _ms(event, "audio_end_ms"), extra=fields)
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            log.info("user: %s", event.get_str("transcript").strip(), extra=fields)
-        elif kind == "conversation.item.input_audio_transcription.failed":
-            err = event.data.get("error") or {}
-            log.warning("transcription failed: %s", err.get("message", "?"), extra=fields)
-        elif kind == "response.output_audio_transcript.done":
-            log.info("assistant: %s", event.get_str("transcript").strip(), extra=fields)
-        elif kind == "response.output_text.done":
-            log.info("assistant (text): %s", event.get_str("text").strip(), extra=fields)
-        elif kind == "response.done":
-            response = event.data.get("response") or {}
-            status = response.get("status", "") if isinstance(response, dict) else ""
-            log.info("response done (%s)", status or "?", extra=fields)
-        elif kind in ("session.created", "session.updated") or kind in _QUIET_EVENTS:
-            log.debug("%s", kind, extra=fields)
+
+def _set(attribute: str, value: bool) -> Callable[[RealtimeSession, ServerEvent], None]:
+    def handler(session: RealtimeSession, event: ServerEvent) -> None:
+        setattr(session, attribute, value)
+
+    handler.__qualname__ = f"session.{attribute}={value}"
+    return handler
+
+
+def new_dispatcher() -> EventDispatcher[RealtimeSession]:
+    """A dispatcher whose first handlers keep each session's own state.
+
+    Registered before anything else, so logging, counting and (later) playback see the
+    session as the event left it.
+    """
+    dispatcher: EventDispatcher[RealtimeSession] = EventDispatcher()
+    dispatcher.on(RealtimeSession._on_error, "error")
+    dispatcher.on(RealtimeSession._on_updated, "session.updated")
+    dispatcher.on(_set("speech_active", True), "input_audio_buffer.speech_started")
+    dispatcher.on(_set("speech_active", False), "input_audio_buffer.speech_stopped",
+                  "input_audio_buffer.timeout_triggered")
+    dispatcher.on(_set("response_active", True), "response.created")
+    dispatcher.on(_set("response_active", False), "response.done")
+    dispatcher.on(_set("produced_audio", True), "response.output_audio.delta")
+    return dispatcher
+
+
+def _changed_paths(changes: dict[str, Any], prefix: str = "session") -> list[str]:
+    paths: list[str] = []
+    for key, value in changes.items():
+        if key == "type":
+            continue
+        if key == "audio" and isinstance(value, dict):
+            for side, block in value.items():
+                if isinstance(block, dict):
+                    paths.extend(f"{prefix}.audio.{side}.{k}" for k in block)
         else:
-            log.debug("unhandled server event %s", kind, extra=fields)
-
-    def _log_server_error(self, error: ServerError) -> None:
-        caused_by = self._sent_types.get(error.event_id, "")
-        level = logging.DEBUG if error.code in protocol.BENIGN_ERROR_CODES else logging.ERROR
-        log.log(
-            level,
-            "server error %s (%s): %s%s%s",
-            error.code or "?", error.type or "?", error.message or "(no message)",
-            f" [param {error.param}]" if error.param else "",
-            f" [caused by {caused_by} {error.event_id}]" if caused_by
-            else (f" [client event {error.event_id}]" if error.event_id else ""),
-            extra=_fields(EVENT="error", SESSION=self.session_id, ERROR_CODE=error.code),
-        )
-
-
-_QUIET_EVENTS = frozenset({
-    "input_audio_buffer.committed", "input_audio_buffer.cleared",
-    "conversation.item.created", "conversation.item.added", "conversation.item.done",
-    "conversation.item.input_audio_transcription.delta", "response.created",
-    "response.output_item.added", "response.output_item.done",
-    "response.content_part.added", "response.content_part.done",
-    "response.output_audio.delta", "response.output_audio.done",
-    "response.output_audio_transcript.delta", "response.output_text.delta",
-    "rate_limits.updated",
-})
-
-
-def _ms(event: ServerEvent, key: str) -> float:
-    value = event.data.get(key)
-    return float(value) / 1000.0 if isinstance(value, int | float) else 0.0
-
-
-def _rejection_text(error: ServerError) -> str:
-    field = error.param or "session"
-    return f"{field}: server rejected session.update: {error.message or error.code} " \
-           f"({error.code or error.type})"
+            paths.append(f"{prefix}.{key}")
+    return paths

@@ -15,15 +15,20 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import websocket
 
-from edgevoice.errors import AuthError, ConfigError, ConnectionLost, ProtocolError
+from edgevoice.clock import Clock
+from edgevoice.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionLost,
+    EndpointRejected,
+    ModelRejected,
+    ProtocolError,
+)
 from edgevoice.realtime.protocol import BETA_SHAPE_CLOSE_CODE, describe_close, encode
-
-Clock = Callable[[], float]
 
 
 class Transport(Protocol):
@@ -33,6 +38,7 @@ class Transport(Protocol):
     def closed(self) -> bool: ...
     def connect(self) -> None: ...
     def send_event(self, event: dict[str, Any]) -> None: ...
+    def ping_if_due(self) -> None: ...
     def recv_text(self) -> str | None: ...
     def close(self, code: int = 1000, reason: str = "") -> None: ...
     def abort(self) -> None: ...
@@ -104,7 +110,7 @@ class WebSocketTransport:
         if status != 101:
             location = (getattr(response, "headers", None) or {}).get("location", "?")
             self.abort()
-            raise ConfigError(
+            raise EndpointRejected(
                 f"server.url: the server redirects (HTTP {int(status)}) to {location}; "
                 "edgevoice does not follow redirects with the API key: set that URL"
             )
@@ -130,10 +136,11 @@ class WebSocketTransport:
     def recv_text(self) -> str | None:
         """The next text frame, or None when the socket timeout passed without one.
 
-        Also the place where liveness is kept: pings are sent here, pongs recorded, and
-        a pong older than the limit is a dead connection.
+        Pongs are recorded here, and a pong older than the limit (while a ping is out) is a
+        dead connection. The pings themselves go out from the sending thread
+        (`ping_if_due`), which owns the send side.
         """
-        self._maybe_ping()
+        self._check_pong()
         try:
             opcode, frame = self._ws.recv_data_frame(control_frame=True)
         except websocket.WebSocketTimeoutException:
@@ -163,7 +170,7 @@ class WebSocketTransport:
             raise ProtocolError(f"server sent a binary frame ({len(frame.data)} bytes)")
         return None
 
-    def _maybe_ping(self) -> None:
+    def _check_pong(self) -> None:
         now = self._clock()
         if now - self._last_pong > self._pong_timeout_s and \
                 self._last_ping_sent > self._last_pong:
@@ -172,6 +179,12 @@ class WebSocketTransport:
                 f"no pong for {now - self._last_pong:.0f}s (limit {self._pong_timeout_s:g}s)",
                 close_code=1006, silent=True,
             )
+
+    def ping_if_due(self) -> None:
+        """Send a WebSocket ping when the interval has passed; called by the sender only."""
+        if self.closed:
+            return
+        now = self._clock()
         if now - self._last_ping_sent >= self._ping_interval_s:
             self._last_ping_sent = now
             try:
@@ -231,7 +244,9 @@ def _handshake_error(exc: Any) -> Exception:
         retry_after = _parse_retry_after(headers.get("retry-after"))
         return ConnectionLost(f"rate limited ({detail})", retry_after_s=retry_after)
     if status in (400, 404):
-        return ConfigError(f"server.url/server.model rejected ({detail})")
+        if "model" in body.lower():
+            return ModelRejected(f"server.model: the server rejected the model ({detail})")
+        return EndpointRejected(f"server.url/server.model rejected ({detail})")
     return ConnectionLost(detail)
 
 

@@ -1,0 +1,78 @@
+"""One PortAudio instance for every stream of the process, terminated once at exit.
+
+`Pa_Terminate` closes every stream of the process, so a capture stream that re-initialised
+PortAudio for itself would cut an output stream opened beside it. PortAudio also has no
+hot-plug: a device that appeared after `Pa_Initialize` is found only after a new
+initialisation. The host therefore re-scans (terminate + initialise) only while no stream
+is open; with a stream open the re-scan waits, and the caller retries later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edgevoice.audio.alsa_quiet import quiet_stderr
+from edgevoice.errors import AudioDeviceError
+
+log = logging.getLogger(__name__)
+
+
+def _new_pyaudio() -> Any:
+    import pyaudio
+
+    return pyaudio.PyAudio()
+
+
+class PortAudioHost:
+    def __init__(self, factory: Callable[[], Any] = _new_pyaudio) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._pa: Any = None
+        self._open_streams = 0
+        self.initialisations = 0
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return self._open_streams
+
+    def acquire(self, rescan: bool = False) -> Any:
+        """The PyAudio object; with `rescan`, a fresh device list if no stream is open.
+
+        Raises AudioDeviceError when PortAudio cannot be initialised.
+        """
+        with self._lock:
+            if self._pa is not None and rescan and self._open_streams == 0:
+                self._terminate_locked()
+            if self._pa is None:
+                with quiet_stderr():
+                    try:
+                        self._pa = self._factory()
+                    except OSError as exc:
+                        raise AudioDeviceError(f"cannot initialise PortAudio: {exc}") from exc
+                self.initialisations += 1
+            return self._pa
+
+    def stream_opened(self) -> None:
+        with self._lock:
+            self._open_streams += 1
+
+    def stream_closed(self) -> None:
+        with self._lock:
+            self._open_streams = max(0, self._open_streams - 1)
+
+    def terminate(self) -> None:
+        """At exit (or for a private host, when its only stream closed)."""
+        with self._lock:
+            self._terminate_locked()
+
+    def _terminate_locked(self) -> None:
+        pa, self._pa = self._pa, None
+        if pa is not None:
+            try:
+                pa.terminate()
+            except Exception as exc:  # noqa: BLE001 - terminating must never raise
+                log.debug("terminating PortAudio failed: %s", exc)
