@@ -72,6 +72,9 @@ class ServerSettings:
     ping_interval_s: float = 10.0
     pong_timeout_s: float = 20.0
     session_update_timeout_s: float = 10.0
+    # Largest server frame accepted (all fragments together); a larger one ends the
+    # connection (close 1009) before it is held in memory. Real events are far smaller.
+    max_frame_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "server.ping_interval_s": (0.1, 3600),
     "server.pong_timeout_s": (0.1, 3600),
     "server.session_update_timeout_s": (0.1, 300),
+    "server.max_frame_bytes": (65536, 1 << 30),
     "session.vad_threshold": (0.0, 1.0),
     "session.prefix_padding_ms": (0, 10000),
     "session.silence_duration_ms": (0, 10000),

@@ -726,9 +726,18 @@ def test_stderr_format_under_journal_stream(
         assert journal_stream_matches(stream.fileno())
         setup_logging("debug", journald="off", stream=stream)
         log = logging.getLogger("edgevoice.t")
-        log.error("two\nlines")
+        log.error("two\nlines", extra={"edgevoice": {"EVENT": "y"}})
         log.info("fine", extra={"edgevoice": {"EVENT": "x"}})
-    assert path.read_text() == "<3>edgevoice.t: two\n<3>lines\n<6>edgevoice.t: fine [event=x]\n"
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+    # One line per message, fields after the text; a traceback keeps the priority per line.
+    lines = path.read_text().splitlines()
+    assert lines[:3] == ["<3>edgevoice.t: two lines [event=y]", "<6>edgevoice.t: fine [event=x]",
+                         "<3>edgevoice.t: failed"]
+    assert lines[3] == "<3>Traceback (most recent call last):"
+    assert lines[-1] == "<3>ValueError: boom"
 
 
 def test_journal_stream_mismatch(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ Redaction
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -236,6 +237,10 @@ class StructuredFormatter(logging.Formatter):
     ``journal_stream``: stderr is journald's stream, which timestamps every line itself and
     parses a ``<N>`` syslog priority prefix (SyslogLevelPrefix=yes); every line of a
     multi-line record gets the prefix so a traceback keeps the record's priority.
+
+    The message itself is always one line (line breaks inside it are folded), with the
+    structured fields after it, so `grep` and a journal reader see one entry per event; only
+    a traceback follows on lines of its own.
     """
 
     def __init__(self, *, journal_stream: bool) -> None:
@@ -246,6 +251,12 @@ class StructuredFormatter(logging.Formatter):
         self.journal_stream = journal_stream
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if "\n" in message or "\r" in message:
+            folded = copy.copy(record)
+            folded.msg = " ".join(part.strip() for part in message.splitlines() if part.strip())
+            folded.args = None
+            record = folded
         text = super().format(record)
         fields = _structured(record)
         if fields:
