@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from daemon_harness import KEY
+from systemd_fixtures import NotifyRecorder
 
 from edgevoice.devserver import DevServer
 
@@ -19,3 +20,13 @@ def server() -> Iterator[DevServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifyRecorder]:
+    """A notify socket drained by a thread, as systemd's would be; always closed."""
+    recorder = NotifyRecorder()
+    try:
+        yield recorder
+    finally:
+        recorder.close()

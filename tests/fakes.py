@@ -89,6 +89,7 @@ class ScriptedTransport:
         self.connected = False
         self.closed = False
         self.fail_sends = False
+        self.connect_error: Exception | None = None  # raised by connect() when set
         self.pings = 0
         self._lock = threading.Lock()
 
@@ -100,6 +101,8 @@ class ScriptedTransport:
             return [e["type"] for e in self.sent]
 
     def connect(self) -> None:
+        if self.connect_error is not None:
+            raise self.connect_error
         gate = self._connect_gate
         if gate is not None:
             deadline = time.monotonic() + 10.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -119,3 +120,16 @@ class NotifyRecorder:
         self._stop.set()
         self._thread.join(2.0)
         self.listener.close()
+
+
+WATCHDOG_USEC = 2_000_000
+HALF_S = WATCHDOG_USEC / 2 / 1e6
+
+
+def notify_env(notify: NotifyRecorder) -> dict[str, str]:
+    """What systemd hands a Type=notify service with WatchdogSec=2s."""
+    return {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]

@@ -63,6 +63,7 @@ class Rig:
         self.sessions: list[RealtimeSession] = []
         self.expires_in_s = expires_in_s
         self.connect_gate = connect_gate
+        self.connect_errors: list[Exception] = []  # for the next connections, in order
         self.dispatcher = new_dispatcher()
         self.supervisor = Supervisor(self.settings, self.make_session(self.settings.session),
                                      self.capture, self.uplink, self.backlog, self.stats,
@@ -75,6 +76,8 @@ class Rig:
             transport = ScriptedTransport(session_id=f"sess_{len(self.transports) + 1}",
                                           expires_at=self.wall() + expires_in,
                                           connect_gate=self.connect_gate)
+            if self.connect_errors:
+                transport.connect_error = self.connect_errors.pop(0)
             self.transports.append(transport)
             session = RealtimeSession(transport, settings, self.dispatcher, self.uplink,
                                       update_timeout_s=5.0, clock=self.clock,
@@ -340,3 +343,35 @@ def test_errors_map_to_exceptions_in_one_place() -> None:
     assert isinstance(rejected, ModelRejected)
     assert str(rejected).startswith("session.transcription_model:")
 
+
+
+def test_a_rejected_model_is_fatal_first_and_retried_slowly_once_it_worked() -> None:
+    from edgevoice.daemon.supervisor import ENDPOINT_RETRY_S
+    from edgevoice.errors import ModelRejected
+
+    rig = Rig()
+    rig.connect_errors.append(ModelRejected("server.model: the server rejected the model"))
+    fatal: list[EdgeVoiceError | None] = []
+
+    def step() -> bool:
+        fatal.append(rig.supervisor.step(rig.clock()))
+        return fatal[-1] is not None
+
+    assert wait_until(step, 5.0)
+    assert isinstance(fatal[-1], ModelRejected) and fatal[-1].exit_code == 78
+
+    rig = Rig()
+    try:
+        connected(rig)
+        rig.connect_errors.append(ModelRejected("server.model: rejected (a proxy's hiccup)"))
+        rig.transports[0].closed = True
+        rig.pump(lambda: len(rig.transports) == 2 and
+                 rig.stats.snapshot()["state"] == "offline" and
+                 "worked before" in rig.stats.snapshot()["detail"])
+        retry_at = rig.supervisor._next_attempt_at
+        assert retry_at - rig.clock() >= ENDPOINT_RETRY_S - 1
+        rig.clock.advance(ENDPOINT_RETRY_S)
+        rig.pump(lambda: rig.streaming_to(2))
+    finally:
+        for session in rig.sessions:
+            session.abort()

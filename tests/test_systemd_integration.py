@@ -2,51 +2,25 @@
 
 from __future__ import annotations
 
-import itertools
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from alsa_fixtures import fake_microphone
-from daemon_harness import (
-    FAST,
-    merge,
-    running_daemon,
-    speech_like_24k,
-    wait_until,
-    wav_config,
-)
-from systemd_fixtures import NotifyRecorder
+from daemon_harness import FAST, merge, running_daemon, wav_config
+from fakes import wait_until
+from signals import speech
+from systemd_fixtures import HALF_S, NotifyRecorder, gaps, notify_env
 
 from edgevoice.devserver import DevServer
 
 pytestmark = pytest.mark.integration
 
-WATCHDOG_USEC = 2_000_000
-HALF_S = WATCHDOG_USEC / 2 / 1e6
-SOURCE = speech_like_24k(60.0)
+SOURCE = speech(60.0)
 
 
-
-
-@pytest.fixture
-def notify() -> Iterator[NotifyRecorder]:
-    recorder = NotifyRecorder()
-    try:
-        yield recorder
-    finally:
-        recorder.close()
-
-
-def notify_env(notify: NotifyRecorder) -> dict[str, str]:
-    return {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-
-
-def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_ready_status_pings_and_stopping(server: DevServer, notify: NotifyRecorder,
@@ -85,7 +59,7 @@ def test_watchdog_stops_when_the_microphone_stalls_and_resumes(
         server: DevServer, notify: NotifyRecorder, tmp_path: Path) -> None:
     rate, channels = 48000, 2
     with fake_microphone(tmp_path / "mic", rate=rate, channels=channels,
-                         signal=speech_like_24k(20.0), set_environ=False) as mic:
+                         signal=speech(20.0), set_environ=False) as mic:
         assert mic.writer is not None
         config = merge(FAST, {"audio": {"device": mic.device, "rate": rate,
                                         "channels": channels},

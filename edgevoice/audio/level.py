@@ -19,11 +19,12 @@ import hashlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from edgevoice.clock import Clock
 
 FULL_SCALE = 32768.0
 SILENCE_DBFS = -120.0
@@ -99,7 +100,7 @@ class DeadInputDetector:
     again; so ``if change is not None`` means "report", ``if change`` means "dead".
     """
 
-    def __init__(self, warn_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, warn_after_s: float, clock: Clock = time.monotonic) -> None:
         if warn_after_s < 0:
             raise ValueError(f"warn_after_s must not be negative, not {warn_after_s}")
         self._warn_after_s = warn_after_s

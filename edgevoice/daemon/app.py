@@ -247,15 +247,15 @@ class Daemon:
         elif new.health.silence_warn_s != old.health.silence_warn_s:
             self._capture.set_silence_warn(new.health.silence_warn_s)
         connection_changed = (new.server != old.server or new.session.mode != old.session.mode)
-        key_changed = api_key != self._api_key
         self._api_key = api_key
+        factory = self._make_session_factory(new, api_key)
         if connection_changed:
-            self._supervisor.apply_settings(new, self._make_session_factory(new, api_key))
+            self._supervisor.apply_settings(new, factory)
         else:
             self._supervisor.apply_settings(new)
-            if key_changed:  # the next session authenticates with the new key
-                self._supervisor.replace_session_factory(
-                    self._make_session_factory(new, api_key))
+            # The open sessions got the changes; the next ones are made from the new
+            # settings in full (a deferred voice, a new key).
+            self._supervisor.replace_session_factory(factory)
         if old.session != new.session and not connection_changed:
             log.info("reload: session settings applied to the open sessions")
         for retirement in retirements(new.server.model if new.server.dialect == "openai"

@@ -14,6 +14,7 @@ every queued chunk, so they never wait behind an outage replay.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgevoice.realtime.link import SessionLink
+
+log = logging.getLogger("edgevoice.backlog")
 
 URGENT_MAX = 64  # more than this many interrupting events queued means nobody sends them
 
@@ -56,7 +59,6 @@ class ChunkBacklog:
         self._cond = threading.Condition()
         self._woken = False
         self.dropped = 0  # chunks lost because the buffer was full
-        self.urgent_dropped = 0
 
     @property
     def max_chunks(self) -> int:
@@ -81,8 +83,9 @@ class ChunkBacklog:
     def put_urgent(self, event: ClientEvent) -> None:
         with self._cond:
             if len(self._urgent) >= URGENT_MAX:
-                self._urgent.popleft()
-                self.urgent_dropped += 1
+                lost = self._urgent.popleft()
+                log.warning("sender is not draining control events; dropped %s",
+                            lost.event.get("type"))
             self._urgent.append(event)
             self._cond.notify()
 

@@ -76,7 +76,6 @@ class CaptureWorker(Worker):
         self.beat = clock()
         self.last_audio_at = clock()
         self.opened = threading.Event()  # first successful open
-        self.input_dead = False
         self.description = ""
         self.waiting = ""  # what the worker waits for, for the status line
         self._failed_attempts = 0
@@ -199,12 +198,10 @@ class CaptureWorker(Worker):
 
     def _report_dead_input(self, reason: str) -> None:
         if reason:
-            self.input_dead = True
             log.warning("microphone delivers %s for %.0fs: check the device and its mixer",
                         reason, self._config.silence_warn_s,
                         extra={"edgevoice": {"EVENT": "capture.dead_input"}})
         else:
-            self.input_dead = False
             log.info("microphone delivers a live signal again",
                      extra={"edgevoice": {"EVENT": "capture.live_input"}})
 

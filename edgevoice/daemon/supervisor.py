@@ -72,7 +72,7 @@ class Supervisor:
         stats: Stats,
         *,
         clock: Clock = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Clock = time.time,
         on_tick: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings

@@ -5,7 +5,8 @@ round and beats even when idle). Waits longer than a beat go through `sleep()`, 
 early on stop and keeps the heartbeat fresh: a worker waiting for a device on purpose is
 healthy, a worker stuck in a C call is not. Shutdown is two-phase (`request_stop` on every
 worker first, then `join` each with what is left of one budget), so slow workers stop in
-parallel and a thread that will not die is reported, never waited for forever.
+parallel (see Supervisor._shutdown) and a thread that will not die is reported, never
+waited for forever.
 """
 
 from __future__ import annotations
@@ -99,13 +100,3 @@ class Worker:
         self.request_stop()
         return self.join(timeout)
 
-
-def stop_all(workers: list[Worker], budget_s: float, clock: Clock = time.monotonic) -> bool:
-    """Request every stop first, then join each within what is left of one budget."""
-    for worker in workers:
-        worker.request_stop()
-    deadline = clock() + budget_s
-    ok = True
-    for worker in workers:
-        ok = worker.join(deadline - clock()) and ok
-    return ok

@@ -55,7 +55,7 @@ class RealtimeSession:
         *,
         update_timeout_s: float,
         clock: Clock = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Clock = time.time,
         name: str = "session",
     ) -> None:
         self._transport = transport
