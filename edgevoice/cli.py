@@ -21,6 +21,7 @@ from types import FrameType
 
 from edgevoice import __version__
 from edgevoice.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EdgeVoiceError
+from edgevoice.health.logsetup import redact
 from edgevoice.settings import DEFAULT_CONFIG_PATH, Settings, check_settings, load_settings
 
 log = logging.getLogger("edgevoice")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EdgeVoiceError as exc:
-        print(f"edgevoice: {exc}", file=sys.stderr)
+        print(f"edgevoice: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK

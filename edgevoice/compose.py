@@ -75,6 +75,7 @@ def make_transport(server: ServerSettings, mode: str, api_key: str) -> Transport
         ping_interval_s=server.ping_interval_s,
         pong_timeout_s=server.pong_timeout_s,
         ca_file=server.ca_file,
+        max_frame_bytes=server.max_frame_bytes,
     )
 
 

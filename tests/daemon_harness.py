@@ -21,7 +21,6 @@ from typing import Any
 import fakes
 import numpy as np
 import numpy.typing as npt
-import signals
 import yaml
 from alsa_fixtures import write_wav
 
@@ -43,11 +42,6 @@ FAST: dict[str, Any] = {
     "stream": {"outage_buffer_s": 30.0},
     "logging": {"level": "debug", "journald": "off"},
 }
-
-# test_journald, test_session_integration and test_systemd_integration import these names
-# from here; new code imports fakes.wait_until and signals.speech (24 kHz, seed 3 by default).
-wait_until = fakes.wait_until
-speech_like_24k = signals.speech
 
 
 @dataclass

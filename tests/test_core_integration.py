@@ -175,3 +175,23 @@ def test_a_current_model_starts_without_a_deprecation_warning(server: DevServer,
         assert daemon.stop() == 0
     assert "deprecated" not in daemon.log()
     assert server.sessions()[0].model == "gpt-realtime-2.1"
+
+
+def test_a_redirect_on_the_first_connection_exits_78_naming_the_target(tmp_path: Path) -> None:
+    import socket
+
+    elsewhere = socket.create_server(("127.0.0.1", 0))
+    elsewhere.settimeout(0.1)
+    target = f"ws://127.0.0.1:{elsewhere.getsockname()[1]}/v1/realtime"
+    try:
+        with DevServer(api_key=None) as server:
+            server.reject_handshakes(302, headers={"Location": target}, count=100)
+            config = wav_config(tmp_path, server.url, SOURCE)
+            with running_daemon(tmp_path, config) as daemon:
+                assert daemon.wait_exit(20) == EXIT_CONFIG
+            log = daemon.log()
+        assert f"server.url: the server redirects (HTTP 302) to {target}" in log
+        with pytest.raises(TimeoutError):
+            elsewhere.accept()  # the key was never taken there
+    finally:
+        elsewhere.close()

@@ -7,8 +7,11 @@ with pyproject.toml and systemd/edgevoice.service so that the two cannot drift a
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -163,6 +166,55 @@ def test_rules_installs_the_config_the_unit_reads_as_a_conffile() -> None:
     ), f"debian/rules does not install config/edgevoice.yaml as {config_path} (0644)"
     examples = (DEBIAN / f"{PACKAGE}.examples").read_text(encoding="utf-8").split()
     assert "config/edgevoice.yaml" in examples
+
+
+def _sysusers_lines() -> list[list[str]]:
+    path = DEBIAN / f"{PACKAGE}.sysusers"
+    assert path.exists(), f"debian/{PACKAGE}.sysusers is missing"
+    return [shlex.split(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_sysusers_creates_the_units_static_group() -> None:
+    # The status file is 0640 for the unit's Group=; the package creates that group.
+    (group,) = _unit_values("Group")
+    assert ["g", group, "-"] in _sysusers_lines()
+    assert all(words[0] in ("g", "u", "m", "r") for words in _sysusers_lines())
+    # Only a group: the service user is dynamic (and must not share the group's name).
+    assert all(words[0] != "u" for words in _sysusers_lines())
+    assert _unit_values("DynamicUser") == ["yes"]
+    assert group not in _unit_values("User")
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or os.geteuid() != 0,
+                    reason="needs systemd-sysusers and root")
+def test_sysusers_file_creates_the_group(tmp_path: Path) -> None:
+    # As the postinst does, but into a scratch root: the group appears in its /etc/group.
+    conf_dir = tmp_path / "usr" / "lib" / "sysusers.d"
+    conf_dir.mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    shutil.copy(DEBIAN / f"{PACKAGE}.sysusers", conf_dir / f"{PACKAGE}.conf")
+    proc = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", f"{PACKAGE}.conf"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    (group,) = _unit_values("Group")
+    names = [line.split(":")[0] for line in (tmp_path / "etc" / "group").read_text().splitlines()]
+    assert names == [group]
+
+
+def test_sysusers_file_is_installed_and_applied_by_debhelper() -> None:
+    # debhelper 13.11 (Debian 12) runs dh_installsysusers by default only from compat 14;
+    # with compat 13 the dh-sequence-installsysusers build dependency (or --with
+    # installsysusers) adds it. It installs /usr/lib/sysusers.d/edgevoice.conf and calls
+    # systemd-sysusers in the postinst.
+    source = _deb822_paragraphs((DEBIAN / "control").read_text(encoding="utf-8"))[0]
+    build_depends = _relation_names(source.get("Build-Depends", ""))
+    compat = re.search(r"debhelper-compat \(= (\d+)\)", source.get("Build-Depends", ""))
+    assert compat, "debian/control: no debhelper-compat (= N) build dependency"
+    with_addon = re.search(r"^\tdh \$@.*--with\s+\S*installsysusers", _rules(), re.M)
+    assert (int(compat.group(1)) >= 14 or "dh-sequence-installsysusers" in build_depends
+            or with_addon), "dh_installsysusers does not run"
+    assert "override_dh_installsysusers" not in _rules()
 
 
 def test_changelog_version_matches_pyproject() -> None:

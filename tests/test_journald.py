@@ -28,13 +28,15 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import KEY, running_daemon, speech_like_24k, wav_config
+from daemon_harness import KEY, running_daemon, wav_config
+from fakes import wait_until
+from signals import speech
 
 from edgevoice.devserver import DevServer
 
@@ -80,16 +82,6 @@ def _can_read_system_journal() -> bool:
     return bool(names & {"systemd-journal", "adm", "wheel"})
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval_s)
-
-
 @pytest.fixture(scope="module")
 def journal() -> Iterator[Journal]:
     if shutil.which("journalctl") is None:
@@ -98,7 +90,7 @@ def journal() -> Iterator[Journal]:
     with open(LOCK_PATH, "a") as lock:
         # Serialise concurrent runs of this module: one starts journald, nobody else may
         # start a second one or stop it underneath.
-        if not _wait_for(lambda: _try_lock(lock.fileno()), 60.0, 0.2):
+        if not wait_until(lambda: _try_lock(lock.fileno()), 60.0):
             pytest.skip(f"{LOCK_PATH} is held by another test run for over 60 s")
         if _journald_listening():
             if not _can_read_system_journal():
@@ -139,7 +131,7 @@ def _run_journald() -> Iterator[Journal]:
             start_new_session=True,
         )
         try:
-            up = _wait_for(
+            up = wait_until(
                 lambda: _journald_listening() or proc.poll() is not None, START_TIMEOUT_S
             )
             if not up or proc.poll() is not None:
@@ -210,7 +202,7 @@ def wait_for_entries(
         found = read_entries(journal, *matches, since=since)
         return len(found) >= count
 
-    assert _wait_for(enough, READ_TIMEOUT_S, 0.2), (
+    assert wait_until(enough, READ_TIMEOUT_S), (
         f"expected {count} entries for {matches}, got {len(found)}: {found}"
     )
     return found
@@ -348,6 +340,56 @@ def test_structured_fields_priority_and_no_secret(journal: Journal) -> None:
     assert_secret_nowhere(journal, since, key, late_key)
 
 
+CHILD_PIECES = textwrap.dedent(
+    """
+    import logging, os, sys
+    from edgevoice.health.logsetup import setup_logging
+
+    ident = sys.argv[1]
+    key = os.environ.pop("EDGEVOICE_TEST_KEY")
+    setup_logging("debug", journald=sys.argv[2], secrets=[key], identifier=ident)
+    log = logging.getLogger("edgevoice.pieces")
+    for n in range(8, len(key) + 1):
+        # A server message echoing the key, shortened at every position.
+        text = "Incorrect API key provided: " + key[:n]
+        log.error("server error: %s", text, extra={"edgevoice": {"EVENT": "cut", "BODY": text}})
+    log.warning("shortened by the format: %.45s", "key=" + key)
+    log.warning("the end of it: %s", key[-20:])
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_pieces_of_the_key_never_reach_the_journal(journal: Journal, mode: str) -> None:
+    """Native journal fields (on) and the stderr stream (off): every run of 8 characters of
+    the key is redacted, wherever a shortened text cut it."""
+    since = time.time() - 2
+    ident = f"edgevoice-pieces-{uuid.uuid4().hex[:12]}"
+    key = _new_key()
+    stream = _journal_stream(ident)
+    with stream:
+        st = os.fstat(stream.fileno())
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD_PIECES, ident, mode],
+            cwd=REPO,
+            env=_child_env(EDGEVOICE_TEST_KEY=key, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
+            stdout=subprocess.DEVNULL,
+            stderr=stream.fileno(),
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0
+    count = len(key) - 8 + 1 + 2
+    entries = wait_for_entries(journal, count, f"SYSLOG_IDENTIFIER={ident}", since=since)
+    assert {e["_TRANSPORT"] for e in entries} == {"journal" if mode == "on" else "stdout"}
+    assert sum("[REDACTED]" in e["MESSAGE"] for e in entries) == count
+    _sync()
+    export = _journalctl(journal, "-o", "export", "--all", f"--since=@{int(since)}").stdout
+    # Every 8-character run of the key but its first ("sk-proj-", shared by every test key).
+    leaked = [key[i:i + 8] for i in range(1, len(key) - 7) if key[i:i + 8].encode() in export]
+    assert not leaked, f"pieces of the key in the journal: {leaked[:3]}"
+
+
 CHILD_AUTO = textwrap.dedent(
     """
     import logging, os, sys
@@ -432,12 +474,12 @@ def test_daemon_journal_entries_have_structured_fields_and_no_key(
     journal: Journal, server: DevServer, tmp_path: Path
 ) -> None:
     since = time.time() - 1
-    config = wav_config(tmp_path, server.url, speech_like_24k(30.0),
+    config = wav_config(tmp_path, server.url, speech(30.0),
                         {"logging": {"journald": "on", "level": "info"}})
     with running_daemon(tmp_path, config) as daemon:
-        assert _wait_for(lambda: any(s.first_append_at for s in server.sessions()), 15)
+        assert wait_until(lambda: any(s.first_append_at for s in server.sessions()), 15)
         server.close_all(1011, "test")
-        assert _wait_for(lambda: sum(1 for s in server.sessions() if s.first_append_at) >= 2,
+        assert wait_until(lambda: sum(1 for s in server.sessions() if s.first_append_at) >= 2,
                          15)
         pid = daemon.proc.pid
         assert daemon.stop() == 0

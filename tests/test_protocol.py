@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import time
 
 import pytest
 
@@ -133,3 +135,70 @@ def test_describe_close() -> None:
     assert protocol.describe_close(4000, "invalid_request_error.beta_api_shape_disabled") == \
         "close 4000 (beta API shape disabled): invalid_request_error.beta_api_shape_disabled"
     assert protocol.describe_close(None, "") == "connection closed without a close frame"
+
+
+# -- untrusted frames: every defect is a MalformedEvent with a kind, and cheap to find ---
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("{nope", "not JSON"),
+    ("", "not JSON"),
+    ('{"type": 5}', "no type"),
+    ('"just a string"', "no type"),
+    ('{"type": "error", "error": "boom"}', "bad field"),
+    ('{"type": "session.updated", "session": [1]}', "bad field"),
+    ('{"type": "response.audio.delta", "delta": {"x": 1}}', "bad field"),
+    ('{"type": "input_audio_buffer.speech_started", "audio_start_ms": true}', "bad field"),
+    ('{"type": "rate_limits.updated", "rate_limits": {}}', "bad field"),
+    ('{"type": "x", "a": ' + "[" * 65 + "]" * 65 + "}", "too deep"),
+    ('{"type": "x", "a": ' + '{"b":' * 65 + "1" + "}" * 65 + "}", "too deep"),
+    ("[" * 100_000, "too deep"),
+    ('{"type": "x", "a": [' + "0," * 100_000 + "0]}", "too many values"),
+])
+def test_malformed_events_have_a_kind(text: str, kind: str) -> None:
+    with pytest.raises(protocol.MalformedEvent) as info:
+        protocol.parse_server_event(text)
+    assert info.value.kind == kind
+    assert isinstance(info.value, ProtocolError)
+
+
+def test_structure_limits_ignore_what_is_inside_strings() -> None:
+    brackets = "[{,:" * 100_000  # in a transcript, not structure
+    event = protocol.parse_server_event(json.dumps(
+        {"type": "response.output_audio_transcript.done", "transcript": brackets,
+         "nested": [[[[[[[[[[1]]]]]]]]]]}))
+    assert event.get_str("transcript") == brackets
+    deep_enough = "[" * 63 + "]" * 63  # 64 levels with the event object
+    assert protocol.parse_server_event('{"type": "x", "a": ' + deep_enough + "}").type == "x"
+    # Optional fields may be absent or null; types are checked when present.
+    protocol.parse_server_event('{"type": "response.done", "response": null}')
+    protocol.parse_server_event('{"type": "input_audio_buffer.speech_started"}')
+
+
+def test_bad_base64_is_a_malformed_event() -> None:
+    event = protocol.parse_server_event('{"type": "response.output_audio.delta", "delta": "@@"}')
+    with pytest.raises(protocol.MalformedEvent) as info:
+        protocol.decode_audio_delta(event)
+    assert info.value.kind == "bad base64"
+
+
+@pytest.mark.parametrize("hostile", [
+    "[" * (32 << 20),  # 32 MiB of nesting
+    "[]," * (11 << 20),  # 32 MiB of values (json.loads would build 400 MB of lists)
+    '{"type": "x", "s": "' + "[" * (32 << 20) + '"}',  # brackets in a string: legitimate
+])
+def test_32_mib_of_hostile_json_is_rejected_or_parsed_quickly(hostile: str) -> None:
+    started = time.monotonic()
+    with contextlib.suppress(protocol.MalformedEvent):
+        protocol.parse_server_event(hostile)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_large_audio_delta_parses_quickly() -> None:
+    pcm = bytes(range(256)) * (96 << 10)  # 24 MiB of PCM, 32 MiB of base64
+    text = json.dumps({"type": "response.output_audio.delta",
+                       "delta": base64.b64encode(pcm).decode()})
+    started = time.monotonic()
+    event = protocol.parse_server_event(text)
+    assert protocol.decode_audio_delta(event) == pcm
+    assert time.monotonic() - started < 2.0

@@ -104,7 +104,10 @@ def test_unit_has_the_required_policy() -> None:
         ("Service", "ExecReload"): "/bin/kill -HUP $MAINPID",
         ("Service", "LoadCredential"): "openai-api-key:/etc/edgevoice/openai-api-key",
         ("Service", "DynamicUser"): "yes",
+        ("Service", "Group"): "edgevoice",
         ("Service", "SupplementaryGroups"): "audio",
+        ("Service", "RuntimeDirectory"): "edgevoice",
+        ("Service", "RuntimeDirectoryMode"): "0750",
         ("Service", "DevicePolicy"): "closed",
         ("Service", "DeviceAllow"): "char-alsa rw",
         ("Service", "Environment"): "ALSA_CONFIG_PATH=/usr/share/edgevoice/asound.conf",
@@ -120,6 +123,11 @@ def test_unit_has_the_required_policy() -> None:
     # A blocked call must fail with EPERM (PortAudio may try to raise thread priority),
     # not kill the daemon with SIGSYS.
     assert d[("Service", "SystemCallErrorNumber")] == ["EPERM"]
+    # The static group edgevoice (sysusers.d) may read the status file, others may not. Under
+    # DynamicUser= systemd refuses a user whose name exists only as a group, so the user
+    # (dynamic) must not be called edgevoice, which the unit name would imply.
+    (user,) = d[("Service", "User")]
+    assert user and user != "edgevoice"
     assert ("Service", "IPAddressDeny") not in d  # it has to reach the API
     assert ("Service", "PrivateDevices") not in d  # it would hide /dev/snd
 

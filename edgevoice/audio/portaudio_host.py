@@ -65,8 +65,16 @@ class PortAudioHost:
             self._open_streams = max(0, self._open_streams - 1)
 
     def terminate(self) -> None:
-        """At exit (or for a private host, when its only stream closed)."""
+        """At exit (or for a private host, when its only stream closed).
+
+        Skipped while a stream is still open (a close hung in the driver): Pa_Terminate would
+        hang with it, and the process exit releases PortAudio anyway.
+        """
         with self._lock:
+            if self._open_streams:
+                log.warning("not terminating PortAudio: %d stream(s) still open (a close "
+                            "hangs in the driver)", self._open_streams)
+                return
             self._terminate_locked()
 
     def _terminate_locked(self) -> None:

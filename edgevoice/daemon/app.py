@@ -91,9 +91,13 @@ class Daemon:
             transport = parts.make_transport(server, session_settings.mode, api_key)
             return RealtimeSession(transport, session_settings, dispatcher, uplink,
                                    update_timeout_s=server.session_update_timeout_s,
-                                   clock=parts.clock, wall_clock=parts.wall_clock, name=name)
+                                   clock=parts.clock, wall_clock=parts.wall_clock, name=name,
+                                   on_malformed=self._count_malformed)
 
         return make
+
+    def _count_malformed(self, kind: str) -> None:
+        self.stats.add("malformed_frames")
 
     # -- running -------------------------------------------------------------------------
 

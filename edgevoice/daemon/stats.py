@@ -35,6 +35,8 @@ class Counters:
     response_audio_bytes: int = 0
     server_errors: int = 0
     server_events: int = 0
+    malformed_frames: int = 0  # server frames skipped as unusable (never fatal)
+    send_timeouts: int = 0  # sends that did not drain: sessions failed as silent
 
 
 @dataclass

@@ -131,7 +131,7 @@ class Uplink(Worker):
                 try:
                     session.ping_if_due()
                 except ConnectionLost as exc:
-                    session.fail(exc)
+                    self._send_failed(session, exc)
         streaming = target is not None and not target.failed.is_set()
         item = self._backlog.get(timeout, ordered=streaming)
         if item is None:
@@ -161,7 +161,7 @@ class Uplink(Worker):
         try:
             session.send_event(item.event)
         except ConnectionLost as exc:
-            session.fail(exc)
+            self._send_failed(session, exc)
 
     def _send_to_current(self, session: SessionLink, item: QueuedItem) -> None:
         try:
@@ -172,7 +172,7 @@ class Uplink(Worker):
         except ConnectionLost as exc:
             # Not sent: it goes back to the front and is replayed on the next session.
             self._backlog.push_front([item])
-            session.fail(exc)
+            self._send_failed(session, exc)
             return
         with self._lock:
             # Recorded even if just detached: then it is the newest item to replay.
@@ -182,6 +182,14 @@ class Uplink(Worker):
             self._stats.add("audio_bytes_sent", len(item.pcm))
             if item.seq <= self._replay_until_seq:
                 self._stats.add("chunks_replayed")
+
+    def _send_failed(self, session: SessionLink, exc: ConnectionLost) -> None:
+        """A send that did not drain (`silent`) means the peer stopped reading: the session
+        fails silent, so the supervisor replays all it may not have read (since its last
+        sign of life), not just the audio in flight."""
+        if exc.silent:
+            self._stats.add("send_timeouts")
+        session.fail(exc)
 
     def _requeue_pending(self) -> None:
         """Called with the lock held, from the worker thread only."""

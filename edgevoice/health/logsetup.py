@@ -23,6 +23,18 @@ Redaction
     arguments, the exception text and extra string attributes. When the rendered message or
     the arguments contain something to hide, the record is collapsed to its redacted rendered
     message and its arguments are dropped, so nothing raw is left for CODE_ARGS.
+
+    A piece of a registered secret is a secret too: texts are often shortened (80, 200
+    characters...) and a cut inside the key leaves its prefix. Every run of at least
+    ``MIN_FRAGMENT_LEN`` (8) characters that also occurs in a registered secret is replaced,
+    wherever the cut fell. :func:`redact` is the same redaction for every other output (the
+    systemd STATUS= line, the status and metrics files, messages printed by the CLI); redact
+    first, shorten afterwards.
+
+    Cost: a text is searched for a few short anchors of each secret with ``str.__contains__``
+    (C speed, about 40 for a 164-character key) and only a hit is examined further, so a clean
+    record costs a few microseconds more; the credential patterns run only when their keyword
+    is in the text.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 __all__ = [
+    "MIN_FRAGMENT_LEN",
     "REDACTED",
     "RedactingFilter",
     "StructuredFormatter",
@@ -52,6 +65,15 @@ REDACTED = "[REDACTED]"
 
 # Secrets shorter than this would turn every log line into confetti; real keys are long.
 MIN_SECRET_LEN = 4
+# Any run of this many characters of a registered secret is redacted too (a shortened text
+# may cut the key anywhere). Shorter pieces are too common to hide (and tell little).
+MIN_FRAGMENT_LEN = 8
+# Fragment search: every ``_ANCHOR_STEP``-th piece of ``_ANCHOR_LEN`` characters of a secret is
+# an anchor. Any MIN_FRAGMENT_LEN characters of the secret contain a whole anchor
+# (_ANCHOR_STEP + _ANCHOR_LEN - 1 <= MIN_FRAGMENT_LEN), so a text without any anchor holds no
+# fragment, and a text with one is checked around it.
+_ANCHOR_LEN = 5
+_ANCHOR_STEP = MIN_FRAGMENT_LEN - _ANCHOR_LEN + 1
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -77,6 +99,103 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), REDACTED),
 )
 
+# For an ASCII text, the (lower-cased) words without which each pattern cannot match: the
+# pattern is skipped when one is missing. (Non-ASCII texts always run every pattern: case
+# folding of characters such as U+0131 would make a lower-case test unreliable.)
+_PATTERN_WORDS: tuple[tuple[str, ...], ...] = (("authorization",), ("bearer",), ("api", "key"),
+                                               ("sk-",))
+
+
+def _common_prefix_len(a: str, i: int, b: str, j: int) -> int:
+    """How many characters ``a[i:]`` and ``b[j:]`` have in common at their start."""
+    lo, hi = 0, min(len(a) - i, len(b) - j)
+    while lo < hi:  # binary search with C-speed slice comparisons
+        mid = (lo + hi + 1) // 2
+        if a[i : i + mid] == b[j : j + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix_len(a: str, i: int, b: str, j: int) -> int:
+    """How many characters ``a[:i]`` and ``b[:j]`` have in common at their end."""
+    lo, hi = 0, min(i, j)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[i - mid : i] == b[j - mid : j]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class _FragmentIndex:
+    """Finds every run of >= MIN_FRAGMENT_LEN characters of the secrets inside a text.
+
+    Any such run contains one of the secret's anchors (see ``_ANCHOR_STEP``). A text is
+    searched for each anchor (``str.find``); an occurrence is extended to the left and right
+    as far as the text keeps agreeing with the secret around the anchor's place in it.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        places: dict[str, list[tuple[str, int]]] = {}
+        for secret in secrets:
+            if len(secret) < MIN_FRAGMENT_LEN:
+                continue
+            for k in range(0, len(secret) - _ANCHOR_LEN + 1, _ANCHOR_STEP):
+                places.setdefault(secret[k : k + _ANCHOR_LEN], []).append((secret, k))
+        self._anchors = tuple((anchor, tuple(where)) for anchor, where in places.items())
+
+    def __bool__(self) -> bool:
+        return bool(self._anchors)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Sorted, disjoint (start, end) ranges of ``text`` to redact."""
+        found: list[tuple[int, int, int]] = []  # start, end, diagonal (text pos - secret pos)
+        for anchor, where in self._anchors:
+            if anchor not in text:
+                continue
+            at = text.find(anchor)
+            while at >= 0:
+                for secret, k in where:
+                    diagonal = at - k
+                    if any(d == diagonal and s <= at and at + _ANCHOR_LEN <= e
+                           for s, e, d in found):
+                        continue  # inside a run found from another anchor
+                    start = at - _common_suffix_len(text, at, secret, k)
+                    end = at + _ANCHOR_LEN + _common_prefix_len(
+                        text, at + _ANCHOR_LEN, secret, k + _ANCHOR_LEN
+                    )
+                    if end - start >= MIN_FRAGMENT_LEN:
+                        found.append((start, end, diagonal))
+                at = text.find(anchor, at + 1)
+        if not found:
+            return []
+        found.sort()
+        merged = [(found[0][0], found[0][1])]
+        for start, end, _ in found[1:]:
+            last_start, last_end = merged[-1]
+            if start <= last_end:
+                merged[-1] = (last_start, max(last_end, end))
+            else:
+                merged.append((start, end))
+        return merged
+
+    def redact(self, text: str) -> str:
+        spans = self.spans(text)
+        if not spans:
+            return text
+        parts: list[str] = []
+        pos = 0
+        for start, end in spans:
+            parts.append(text[pos:start])
+            parts.append(REDACTED)
+            pos = end
+        parts.append(text[pos:])
+        return "".join(parts)
+
+
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)).keys()
@@ -92,6 +211,7 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self._lock = threading.Lock()
         self._secrets: tuple[str, ...] = ()
+        self._fragments = _FragmentIndex(())
         self._generation = 0
         self._marker = f"_edgevoice_redacted_{id(self)}"
         self.add_secrets(secrets)
@@ -109,7 +229,10 @@ class RedactingFilter(logging.Filter):
             if not new:
                 return
             # Longest first, so a secret containing another is replaced whole.
-            self._secrets = tuple(sorted(known | new, key=len, reverse=True))
+            ordered = tuple(sorted(known | new, key=len, reverse=True))
+            # Index first: a reader that sees the new secrets also sees their fragments.
+            self._fragments = _FragmentIndex(ordered)
+            self._secrets = ordered
             self._generation += 1
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
@@ -119,12 +242,26 @@ class RedactingFilter(logging.Filter):
     # -- redaction -----------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        """``text`` with every known secret and credential-looking value replaced."""
+        """``text`` with every known secret, every run of MIN_FRAGMENT_LEN or more characters
+        of one, and every credential-looking value replaced. Redact before shortening."""
+        fragments = self._fragments
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        if fragments:
+            text = fragments.redact(text)
+        if text.isascii():
+            lowered = text.lower()
+            for (pattern, replacement), words in zip(_PATTERNS, _PATTERN_WORDS, strict=True):
+                for word in words:  # a loop, not all(): this runs for every string of a record
+                    if word not in lowered:
+                        break
+                else:
+                    text = pattern.sub(replacement, text)
+                    lowered = text.lower()
+        else:
+            for pattern, replacement in _PATTERNS:
+                text = pattern.sub(replacement, text)
         return text
 
     def _redact_value(self, value: object) -> object:

@@ -25,6 +25,11 @@ which is what ``NotifyAccess=main`` checks.
 
 Notifications never raise: a lost notification must not take the daemon down. Failures are
 logged once at WARNING and afterwards at DEBUG.
+
+STATUS= is public: ``systemctl status`` shows it to every local user. ``status()`` passes the
+line through the same redaction as the log (``edgevoice.health.logsetup.redact``: registered
+secrets, any 8+ character piece of one, credential-looking values) before it is shortened,
+so no caller can leak the API key through it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Protocol, runtime_checkable
+
+from edgevoice.health.logsetup import redact
 
 __all__ = [
     "NOTIFY_ENV_VARS",
@@ -77,7 +84,7 @@ class Notifier(Protocol):
         ...
 
     def status(self, line: str) -> None:
-        """STATUS=<one human-readable line>."""
+        """STATUS=<one human-readable line> (a SystemdNotifier redacts and shortens it)."""
         ...
 
     def stopping(self) -> None:
@@ -94,14 +101,18 @@ class Notifier(Protocol):
 
 
 def sanitize_status(line: str, max_bytes: int = STATUS_MAX_BYTES) -> str:
-    """Make ``line`` a single STATUS value: no newlines or control characters, bounded size.
+    """Make ``line`` a single, redacted STATUS value: no newlines or control characters,
+    no secret, bounded size.
 
     Every run of whitespace (including CR/LF) becomes one space, other control characters
-    (NUL makes systemd reject the whole datagram) are dropped, and the result is cut to
-    ``max_bytes`` of UTF-8 without splitting a character.
+    (NUL makes systemd reject the whole datagram) are dropped, secrets are redacted (after
+    the clean-up, which could join the pieces of a key, and before the cut, which could
+    leave a piece of it that is no longer recognisable as a whole key), and the result is
+    cut to ``max_bytes`` of UTF-8 without splitting a character.
     """
     text = " ".join(line.split())
     text = "".join(ch for ch in text if ch.isprintable())
+    text = redact(text)
     data = text.encode("utf-8")
     if len(data) > max_bytes:
         text = data[: max_bytes - 3].decode("utf-8", errors="ignore").rstrip() + "..."
@@ -254,6 +265,7 @@ class SystemdNotifier:
         self._send("READY=1")
 
     def status(self, line: str) -> None:
+        # sanitize_status redacts: every caller's line is covered, whatever it carries.
         self._send("STATUS=" + sanitize_status(line))
 
     def stopping(self) -> None:

@@ -2,6 +2,13 @@
 
 Readers (`edgevoice status`, node_exporter's textfile collector) must never see a half
 written file, so each write goes to a temporary file in the same directory and is renamed.
+
+Nothing secret leaves through these files: every text passes the log's redaction
+(``edgevoice.health.logsetup.redact``) before it is shortened or written. The status file
+carries error texts (a server's error message can echo the key), so it is written
+``STATUS_FILE_MODE`` (0640: the owner and the service's group, ``edgevoice`` in the packaged
+unit, never other users). Only text marked public (:class:`PublicText`, what
+:func:`prometheus_text` returns: counter values, no free text) is written 0644.
 """
 
 from __future__ import annotations
@@ -12,25 +19,68 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgevoice.health.logsetup import redact
 
-def write_atomic(path: Path, text: str) -> None:
+__all__ = [
+    "PUBLIC_FILE_MODE",
+    "STATUS_FILE_MODE",
+    "PublicText",
+    "prometheus_text",
+    "redact_data",
+    "status_json",
+    "status_line",
+    "write_atomic",
+]
+
+STATUS_FILE_MODE = 0o640
+PUBLIC_FILE_MODE = 0o644
+STATUS_LINE_MAX = 250
+
+
+class PublicText(str):
+    """Text meant for every local user (metrics); write_atomic() writes it 0644."""
+
+    __slots__ = ()
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace ``path`` with the redacted ``text``.
+
+    ``mode``: default 0644 for :class:`PublicText`, else 0640 (never world-readable).
+    """
+    if mode is None:
+        mode = PUBLIC_FILE_MODE if isinstance(text, PublicText) else STATUS_FILE_MODE
+    data = redact(str(text))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def redact_data(value: Any) -> Any:
+    """A copy of a JSON-like value with every string (keys too) redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v) for v in value]
+    return value
+
+
 def status_json(snapshot: dict[str, Any]) -> str:
-    return json.dumps(snapshot, indent=2, sort_keys=True) + "\n"
+    # Redacted value by value: JSON escaping cannot split or hide a secret, and replacing
+    # inside the serialised text could cut an escape sequence in two.
+    return json.dumps(redact_data(snapshot), indent=2, sort_keys=True) + "\n"
 
 
-def prometheus_text(snapshot: dict[str, Any]) -> str:
+def prometheus_text(snapshot: dict[str, Any]) -> PublicText:
     lines = []
     for name, value in sorted(snapshot["counters"].items()):
         metric = f"edgevoice_{name}_total"
@@ -39,11 +89,11 @@ def prometheus_text(snapshot: dict[str, Any]) -> str:
     state = snapshot.get("state", "")
     lines.append("# TYPE edgevoice_streaming gauge")
     lines.append(f"edgevoice_streaming {1 if state == 'streaming' else 0}")
-    return "\n".join(lines) + "\n"
+    return PublicText(redact("\n".join(lines) + "\n"))
 
 
 def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | None) -> str:
-    """One human line for systemd's STATUS= (no newlines, bounded length)."""
+    """One human line for systemd's STATUS= (no newlines, bounded length, redacted)."""
     c = snapshot["counters"]
     state = snapshot["state"]
     rate = snapshot.get("capture_rate") or 0
@@ -64,4 +114,5 @@ def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | Non
             text += f", last error: {snapshot['last_error']}"
     if snapshot.get("reload"):
         text += f"; {snapshot['reload']}"
-    return " ".join(text.split())[:250]
+    # Redact first: a cut inside the key would leave a piece of it.
+    return redact(" ".join(text.split()))[:STATUS_LINE_MAX]

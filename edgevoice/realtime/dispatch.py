@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from edgevoice.errors import EdgeVoiceError
-from edgevoice.realtime.protocol import BETA_EVENT_NAMES, ServerEvent
+from edgevoice.realtime.protocol import BETA_EVENT_NAMES, MalformedEvent, ServerEvent
 
 log = logging.getLogger("edgevoice.dispatch")
 
@@ -41,17 +41,24 @@ class EventDispatcher(Generic[S]):
         """Call `handler` for events no per-type handler wants (logged and ignored)."""
         self._fallback.append(handler)
 
-    def handles(self, event_type: str) -> bool:
-        return BETA_EVENT_NAMES.get(event_type, event_type) in self._table
-
     def dispatch(self, source: S, event: ServerEvent) -> None:
-        """Run every handler for `event`; one handler's bug never silences the others."""
+        """Run every handler for `event`; one handler's bug never silences the others.
+
+        A handler that finds a field malformed (MalformedEvent) skips the event; once every
+        handler ran, the first such error is raised, so the reader counts the frame (and
+        logs it, rate-limited) as malformed.
+        """
         handlers = self._table.get(event.type)
+        malformed: MalformedEvent | None = None
         for handler in (*self._any, *(handlers if handlers else self._fallback)):
             try:
                 handler(source, event)
-            except EdgeVoiceError as exc:  # a malformed field: this handler skips the event
+            except MalformedEvent as exc:
+                malformed = malformed or exc
+            except EdgeVoiceError as exc:  # this handler skips the event
                 log.warning("%s: %s", event.type, exc)
             except Exception:
                 log.exception("handler %s failed on %s", getattr(handler, "__qualname__",
                                                                  handler), event.type)
+        if malformed is not None:
+            raise malformed

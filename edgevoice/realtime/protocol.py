@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from edgevoice.errors import (
     ProtocolError,
     SessionConfigRejected,
 )
+from edgevoice.health.logsetup import redact
 from edgevoice.realtime.models import MULTI_LANGUAGE_TRANSCRIPTION
 from edgevoice.settings import ServerSettings, SessionSettings
 
@@ -48,7 +50,6 @@ BENIGN_ERROR_CODES = frozenset(
 )
 RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
 MODEL_ERROR_CODES = frozenset({"model_not_found", "invalid_model"})
-TRANSIENT_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013})
 BETA_SHAPE_CLOSE_CODE = 4000
 
 
@@ -202,11 +203,6 @@ def audio_append(pcm: bytes) -> dict[str, Any]:
             "audio": base64.b64encode(pcm).decode("ascii")}
 
 
-def simple_event(event_type: str, **fields: Any) -> dict[str, Any]:
-    """commit, clear, response.create, response.cancel, conversation.item.truncate, ..."""
-    return {"type": event_type, "event_id": new_event_id(), **fields}
-
-
 # ---------------------------------------------------------------------------------------
 # Server events
 
@@ -221,25 +217,119 @@ class ServerEvent:
         return value if isinstance(value, str) else ""
 
 
+class MalformedEvent(ProtocolError):
+    """A server frame edgevoice cannot use: counted, logged (rate-limited) and skipped.
+
+    Never fatal: one bad frame does not prove the session dead (the stall check would).
+    `kind` names the defect for the log's once-per-kind line.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+MAX_JSON_DEPTH = 64  # real events nest < 10 deep; json.loads recurses in C per level
+MAX_JSON_VALUES = 100_000  # real events hold < 1000 values; 15 MiB of "[]," would be 400 MB
+
+_NUMBER = (int, float)
+# Fields edgevoice reads, by event type, and the types they must have when present.
+_FIELDS: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
+    "error": (("error", (dict,)),),
+    "session.created": (("session", (dict,)),),
+    "session.updated": (("session", (dict,)),),
+    "response.output_audio.delta": (("delta", (str,)),),
+    "response.output_audio_transcript.delta": (("delta", (str,)),),
+    "response.output_text.delta": (("delta", (str,)),),
+    "conversation.item.input_audio_transcription.delta": (("delta", (str,)),),
+    "conversation.item.input_audio_transcription.completed": (("transcript", (str,)),),
+    "response.output_audio_transcript.done": (("transcript", (str,)),),
+    "response.output_text.done": (("text", (str,)),),
+    "input_audio_buffer.speech_started": (("audio_start_ms", _NUMBER),),
+    "input_audio_buffer.speech_stopped": (("audio_end_ms", _NUMBER),),
+    "response.done": (("response", (dict,)),),
+    "rate_limits.updated": (("rate_limits", (list,)),),
+}
+# A JSON string (escapes included), for counting structure outside strings.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def parse_server_event(text: str | bytes) -> ServerEvent:
+    """One server event from the text of one frame; MalformedEvent for anything unusable.
+
+    The structure is bounded before json.loads builds it: at most MAX_JSON_DEPTH levels
+    (json.loads recurses per level) and MAX_JSON_VALUES values (each costs tens of bytes of
+    objects per byte of text). Both checks are a few str.count passes for real events.
+    """
     if isinstance(text, bytes):
-        raise ProtocolError(f"server sent a binary frame ({len(text)} bytes); expected JSON text")
+        raise MalformedEvent("binary frame", f"server sent a binary frame ({len(text)} bytes); "
+                                             "expected JSON text")
+    _check_structure(text)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise MalformedEvent("too deep", f"server sent JSON nested too deeply "
+                                         f"({len(text)} chars)") from None
     except ValueError as exc:
-        raise ProtocolError(f"server sent malformed JSON ({len(text)} chars): {exc}") from None
+        raise MalformedEvent("not JSON", f"server sent malformed JSON ({len(text)} chars): "
+                                         f"{_short(str(exc))}") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise ProtocolError(f"server sent JSON without a 'type': {text[:80]!r}")
+        raise MalformedEvent("no type", f"server sent JSON without a 'type': {redact(text)[:80]!r}")
     raw_type: str = data["type"]
     event_type = BETA_EVENT_NAMES.get(raw_type, raw_type)
+    for name, types in _FIELDS.get(event_type, ()):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise MalformedEvent(
+                "bad field",
+                f"{raw_type}: field {name!r} is {type(value).__name__}, expected "
+                f"{' or '.join(t.__name__ for t in types)}")
     return ServerEvent(event_type, data)
 
 
+def _check_structure(text: str) -> None:
+    """MalformedEvent if `text` nests deeper than MAX_JSON_DEPTH or holds too many values.
+
+    Counting the brackets and commas of the whole text over-counts (strings may hold them),
+    so only when that count is over a limit are the strings cut out and the count redone;
+    the depth is walked only when there are more opening brackets than the depth limit.
+    """
+    opens = text.count("[") + text.count("{")
+    values = opens + text.count(",")
+    if opens <= MAX_JSON_DEPTH and values <= MAX_JSON_VALUES:
+        return
+    bare = _JSON_STRING.sub("", text)
+    opens = bare.count("[") + bare.count("{")
+    values = opens + bare.count(",")
+    if values > MAX_JSON_VALUES:
+        raise MalformedEvent("too many values", f"server sent JSON with more than "
+                                                f"{MAX_JSON_VALUES} values ({len(text)} chars)")
+    if opens <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for match in _BRACKETS.finditer(bare):
+        if match.group() in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise MalformedEvent("too deep", f"server sent JSON nested more than "
+                                                 f"{MAX_JSON_DEPTH} levels deep "
+                                                 f"({len(text)} chars)")
+        else:
+            depth -= 1
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = redact(text)  # before the cut: a cut inside a key must not leave its prefix
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def decode_audio_delta(event: ServerEvent) -> bytes:
+    """The PCM of an audio delta; MalformedEvent if it is not base64."""
     try:
         pcm = base64.b64decode(event.get_str("delta"), validate=True)
     except ValueError as exc:
-        raise ProtocolError(f"{event.type}: delta is not base64: {exc}") from None
+        raise MalformedEvent("bad base64", f"{event.type}: delta is not base64: {exc}") from None
     return pcm[: len(pcm) - len(pcm) % 2]
 
 

@@ -31,18 +31,58 @@ from edgevoice.errors import (
 from edgevoice.realtime import protocol
 from edgevoice.realtime.dispatch import EventDispatcher
 from edgevoice.realtime.link import Outbox
-from edgevoice.realtime.protocol import ServerError, ServerEvent
+from edgevoice.realtime.protocol import MalformedEvent, ServerError, ServerEvent
 from edgevoice.realtime.transport import Transport
 from edgevoice.settings import SessionSettings
 
 log = logging.getLogger("edgevoice.session")
 
 SENT_TYPES_KEPT = 256  # event ids remembered to name the event a server error refers to
+MALFORMED_SUMMARY_S = 60.0  # malformed frames: one summary line at most this often
 
 
 def fields(**values: object) -> dict[str, object]:
     """Structured journal fields (EDGEVOICE_*) for a log call's `extra`."""
     return {"edgevoice": {k: v for k, v in values.items() if v not in (None, "")}}
+
+
+class MalformedLog:
+    """The journal's view of malformed server frames: bounded whatever the server sends.
+
+    The first frame of each kind is logged with its detail; later ones are only counted and
+    summed up in one line at most every `every_s` (from the reader loop, so a summary also
+    comes when the garbage has stopped).
+    """
+
+    def __init__(self, name: str, clock: Clock, every_s: float = MALFORMED_SUMMARY_S) -> None:
+        self._name = name
+        self._every_s = every_s
+        self._seen: set[str] = set()
+        self._pending: dict[str, int] = {}
+        self._since = clock()
+
+    def report(self, exc: MalformedEvent, now: float, session_id: str = "") -> None:
+        if exc.kind not in self._seen:
+            self._seen.add(exc.kind)
+            log.warning("ignoring a malformed server frame (%s): %s; more of this kind are "
+                        "counted and summarized at most once a minute", exc.kind, exc,
+                        extra=fields(EVENT="malformed", SESSION=session_id))
+            return
+        if not self._pending:
+            self._since = max(self._since, now - self._every_s)
+        self._pending[exc.kind] = self._pending.get(exc.kind, 0) + 1
+        self.flush(now, session_id)
+
+    def flush(self, now: float, session_id: str = "") -> None:
+        if not self._pending or now - self._since < self._every_s:
+            return
+        total = sum(self._pending.values())
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self._pending.items()))
+        log.warning("%s: ignored %d more malformed server frames in the last %.0fs (%s)",
+                    self._name, total, now - self._since, kinds,
+                    extra=fields(EVENT="malformed", SESSION=session_id))
+        self._pending.clear()
+        self._since = now
 
 
 class RealtimeSession:
@@ -57,6 +97,7 @@ class RealtimeSession:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         name: str = "session",
+        on_malformed: Callable[[str], None] | None = None,
     ) -> None:
         self._transport = transport
         self._settings = settings
@@ -91,7 +132,9 @@ class RealtimeSession:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self.reader_beat = now  # heartbeat for the watchdog
-        self.bytes_sent = 0
+        # Every malformed frame, by kind, to the caller's counter; the log is rate-limited.
+        self._on_malformed = on_malformed
+        self._malformed_log = MalformedLog(name, clock)
 
     @property
     def settings(self) -> SessionSettings:
@@ -155,12 +198,16 @@ class RealtimeSession:
                 raise ConnectionLost(
                     f"no {what} within {self._update_timeout_s:g}s after connecting"
                 )
-            text = self._transport.recv_text()
-            if text is None:
+            try:
+                text = self._transport.recv_text()
+                if text is None:
+                    continue
+                event = protocol.parse_server_event(text)
+                self.last_event_at = self._clock()
+                self._dispatcher.dispatch(self, event)
+            except MalformedEvent as exc:
+                self._malformed(exc)
                 continue
-            event = protocol.parse_server_event(text)
-            self.last_event_at = self._clock()
-            self._dispatcher.dispatch(self, event)
             if self.failed.is_set() and self.failure is not None:
                 raise self.failure
             if match(event):
@@ -229,7 +276,6 @@ class RealtimeSession:
     def send_audio(self, pcm: bytes, rms_dbfs: float) -> None:
         """Called by the sender thread only."""
         self._transport.send_event(protocol.audio_append(pcm))
-        self.bytes_sent += len(pcm)
         if rms_dbfs > SPEECH_DBFS:
             self.last_speech_sent_at = self._clock()
 
@@ -294,18 +340,18 @@ class RealtimeSession:
         try:
             while not self._stop.is_set():
                 self.reader_beat = self._clock()
-                text = self._transport.recv_text()
-                if text is None:
-                    continue
+                self._malformed_log.flush(self.reader_beat, self.session_id)
                 try:
+                    text = self._transport.recv_text()
+                    if text is None:
+                        continue
                     event = protocol.parse_server_event(text)
-                except ProtocolError as exc:
-                    # One bad frame does not prove the session dead; the stall check will.
-                    log.warning("%s", exc, extra=fields(EVENT="malformed",
-                                                        SESSION=self.session_id))
-                    continue
-                self.last_event_at = self._clock()
-                self._dispatcher.dispatch(self, event)
+                    self.last_event_at = self._clock()
+                    self._dispatcher.dispatch(self, event)
+                except MalformedEvent as exc:
+                    # Untrusted input never ends a session: counted, logged once per kind.
+                    # A frame that is no event is no sign of life: only garbage stalls.
+                    self._malformed(exc)
         except EdgeVoiceError as exc:
             if not self._stop.is_set():
                 if isinstance(exc, ConnectionLost) and exc.close_code == 1001:
@@ -316,6 +362,11 @@ class RealtimeSession:
             self.fail(ConnectionLost(f"reader crashed: {type(exc).__name__}"))
         finally:
             self.reader_beat = self._clock()
+
+    def _malformed(self, exc: MalformedEvent) -> None:
+        if self._on_malformed is not None:
+            self._on_malformed(exc.kind)
+        self._malformed_log.report(exc, self._clock(), self.session_id)
 
     # -- state handlers (registered first in every dispatcher) ---------------------------
 
