@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -30,3 +31,19 @@ def notify() -> Iterator[NotifyRecorder]:
         yield recorder
     finally:
         recorder.close()
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Whatever a test installs on the root logger is removed again afterwards."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), list(root.filters), root.level)
+    yield
+    for handler in list(root.handlers):
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+            handler.close()
+    for flt in list(root.filters):
+        if flt not in saved[1]:
+            root.removeFilter(flt)
+    root.setLevel(saved[2])

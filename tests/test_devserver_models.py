@@ -6,12 +6,12 @@ import argparse
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import websocket
 from test_devserver import Client, closed_sessions, only_session
+from test_devserver import server  # noqa: F401 - the same keyless server fixture
 
 from edgevoice.devserver import DevServer
 from edgevoice.devserver.main import add_arguments
@@ -20,16 +20,6 @@ pytestmark = pytest.mark.timeout(60)
 
 MODEL_CLOSE_REASON = "invalid_request_error.model_not_found"
 TRANSCRIPTION = "session.audio.input.transcription"
-
-
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(port=0)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def control(srv: DevServer, path: str) -> dict[str, Any]:

@@ -675,21 +675,6 @@ def test_syslog_priority_mapping() -> None:
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), list(root.filters), root.level)
-    yield
-    for handler in list(root.handlers):
-        if handler not in saved[0]:
-            root.removeHandler(handler)
-            handler.close()
-    for flt in list(root.filters):
-        if flt not in saved[1]:
-            root.removeFilter(flt)
-    root.setLevel(saved[2])
-
-
 def _stat_env(path: Path) -> str:
     st = os.stat(path)
     return f"{st.st_dev}:{st.st_ino}"

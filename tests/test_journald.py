@@ -252,6 +252,23 @@ CHILD_ON = textwrap.dedent(
 )
 
 
+def _run_on_journal_stream(ident: str, key: str, code: str, *args: str) -> int:
+    """Run `code` in a child whose stderr is a journald stream named `ident`."""
+    stream = _journal_stream(ident)
+    with stream:
+        st = os.fstat(stream.fileno())
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=REPO,
+            env=_child_env(EDGEVOICE_TEST_KEY=key, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
+            stdout=subprocess.DEVNULL,
+            stderr=stream.fileno(),
+            timeout=60,
+            check=False,
+        )
+    return proc.returncode
+
+
 def _child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
@@ -366,19 +383,7 @@ def test_pieces_of_the_key_never_reach_the_journal(journal: Journal, mode: str) 
     since = time.time() - 2
     ident = f"edgevoice-pieces-{uuid.uuid4().hex[:12]}"
     key = _new_key()
-    stream = _journal_stream(ident)
-    with stream:
-        st = os.fstat(stream.fileno())
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD_PIECES, ident, mode],
-            cwd=REPO,
-            env=_child_env(EDGEVOICE_TEST_KEY=key, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
-            stdout=subprocess.DEVNULL,
-            stderr=stream.fileno(),
-            timeout=60,
-            check=False,
-        )
-    assert proc.returncode == 0
+    assert _run_on_journal_stream(ident, key, CHILD_PIECES, ident, mode) == 0
     count = len(key) - 8 + 1 + 2
     entries = wait_for_entries(journal, count, f"SYSLOG_IDENTIFIER={ident}", since=since)
     assert {e["_TRANSPORT"] for e in entries} == {"journal" if mode == "on" else "stdout"}
@@ -425,19 +430,7 @@ def test_auto_mode_under_journal_stream(journal: Journal, variant: str) -> None:
     ident = f"edgevoice-auto-{uuid.uuid4().hex[:12]}"
     sid = f"sess_{uuid.uuid4().hex[:16]}"
     key = _new_key()
-    stream = _journal_stream(ident)
-    with stream:
-        st = os.fstat(stream.fileno())
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD_AUTO, ident, sid, variant],
-            cwd=REPO,
-            env=_child_env(EDGEVOICE_TEST_KEY=key, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
-            stdout=subprocess.DEVNULL,
-            stderr=stream.fileno(),
-            timeout=60,
-            check=False,
-        )
-    assert proc.returncode == 0
+    assert _run_on_journal_stream(ident, key, CHILD_AUTO, ident, sid, variant) == 0
 
     if variant == "with-systemd-python":
         # JOURNAL_STREAM matched fd 2: native journal protocol with structured fields.

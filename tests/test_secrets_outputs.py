@@ -68,21 +68,6 @@ def key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield secret
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), list(root.filters), root.level)
-    yield
-    for handler in list(root.handlers):
-        if handler not in saved[0]:
-            root.removeHandler(handler)
-            handler.close()
-    for flt in list(root.filters):
-        if flt not in saved[1]:
-            root.removeFilter(flt)
-    root.setLevel(saved[2])
-
-
 def test_stderr_log_lines(key: str, root_logging: None, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)

@@ -198,15 +198,8 @@ class RealtimeSession:
                 raise ConnectionLost(
                     f"no {what} within {self._update_timeout_s:g}s after connecting"
                 )
-            try:
-                text = self._transport.recv_text()
-                if text is None:
-                    continue
-                event = protocol.parse_server_event(text)
-                self.last_event_at = self._clock()
-                self._dispatcher.dispatch(self, event)
-            except MalformedEvent as exc:
-                self._malformed(exc)
+            event = self._receive()
+            if event is None:
                 continue
             if self.failed.is_set() and self.failure is not None:
                 raise self.failure
@@ -336,22 +329,30 @@ class RealtimeSession:
         self._stop.set()
         self._transport.abort()
 
+    def _receive(self) -> ServerEvent | None:
+        """Read, parse and dispatch one event (None after the socket timeout).
+
+        Untrusted input never ends a session: a malformed frame is counted and logged once
+        per kind, and is no sign of life either (only garbage arriving still stalls).
+        """
+        try:
+            text = self._transport.recv_text()
+            if text is None:
+                return None
+            event = protocol.parse_server_event(text)
+            self.last_event_at = self._clock()
+            self._dispatcher.dispatch(self, event)
+            return event
+        except MalformedEvent as exc:
+            self._malformed(exc)
+            return None
+
     def _read_loop(self) -> None:
         try:
             while not self._stop.is_set():
                 self.reader_beat = self._clock()
                 self._malformed_log.flush(self.reader_beat, self.session_id)
-                try:
-                    text = self._transport.recv_text()
-                    if text is None:
-                        continue
-                    event = protocol.parse_server_event(text)
-                    self.last_event_at = self._clock()
-                    self._dispatcher.dispatch(self, event)
-                except MalformedEvent as exc:
-                    # Untrusted input never ends a session: counted, logged once per kind.
-                    # A frame that is no event is no sign of life: only garbage stalls.
-                    self._malformed(exc)
+                self._receive()
         except EdgeVoiceError as exc:
             if not self._stop.is_set():
                 if isinstance(exc, ConnectionLost) and exc.close_code == 1001:
