@@ -13,9 +13,10 @@ from edgevoice.devserver import DevServer
 
 
 @pytest.fixture
-def server() -> Iterator[DevServer]:
-    """A devserver on 127.0.0.1 (free port) that expects the harness key; always stopped."""
-    srv = DevServer(api_key=KEY)
+def server(request: pytest.FixtureRequest) -> Iterator[DevServer]:
+    """A devserver on 127.0.0.1 (free port) that expects the harness key (any key in a
+    module marked `any_key`); always stopped."""
+    srv = DevServer(api_key=None if request.node.get_closest_marker("any_key") else KEY)
     srv.start()
     try:
         yield srv

@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from signals import speech
 from edgevoice.devserver import DevServer, SessionRecord
 from edgevoice.devserver.vad import EnergyVad, convert, decode
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.any_key]
 
 KEY = "sk-devserver-test-0000"
 RATE = 24000
@@ -35,16 +34,6 @@ BYTES_PER_MS = RATE * 2 // 1000
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[DevServer]:
-    srv = DevServer(port=0)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 class Client:

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 import websocket
 from test_devserver import Client, closed_sessions, only_session
-from test_devserver import server  # noqa: F401 - the same keyless server fixture
 
 from edgevoice.devserver import DevServer
 from edgevoice.devserver.main import add_arguments
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.any_key]
 
 MODEL_CLOSE_REASON = "invalid_request_error.model_not_found"
 TRANSCRIPTION = "session.audio.input.transcription"
