@@ -86,3 +86,13 @@ def test_get_wakes_on_put() -> None:
     reader.join(5.0)
     assert not reader.is_alive() and isinstance(result[0], AudioChunk) and result[0].seq == 1
     assert backlog.clear() == 0
+
+
+def test_every_drop_is_reported_whoever_causes_it() -> None:
+    reported: list[int] = []
+    backlog = ChunkBacklog(3, on_drop=reported.append)
+    for seq in range(4):
+        backlog.put(chunk(seq))  # capture overflows the buffer: 1
+    backlog.push_front([chunk(99)])  # the sender gives one back into a full buffer: 1
+    backlog.resize(1)  # a reload shrinks the buffer: 2
+    assert sum(reported) == backlog.dropped == 4

@@ -375,3 +375,92 @@ def test_a_rejected_model_is_fatal_first_and_retried_slowly_once_it_worked() -> 
     finally:
         for session in rig.sessions:
             session.abort()
+
+
+BAD_VOICE = {"type": "error", "event_id": "e9",
+             "error": {"type": "invalid_request_error", "code": "invalid_value",
+                       "message": "no such voice", "param": "session.audio.output.voice",
+                       "event_id": "$event_id"}}
+
+
+def test_a_rejected_reload_is_not_carried_into_the_next_session(rig: Rig) -> None:
+    connected(rig)
+    rig.transports[0].replies["session.update"] = [BAD_VOICE]
+    new = replace(rig.settings, session=replace(rig.settings.session, voice="nosuch"))
+    rig.supervisor.apply_settings(new)
+    reloaded = rig.make_session(new.session)
+
+    def make_rejecting(name: str) -> SessionLink:  # the server still has no such voice
+        session = reloaded(name)
+        rig.transports[-1].replies["session.update"] = [BAD_VOICE]
+        return session
+
+    rig.supervisor.replace_session_factory(make_rejecting)
+    rig.pump(lambda: bool(rig.stats.snapshot()["reload"]))
+    assert not rig.sessions[0].failed.is_set()
+    rig.transports[0].closed = True  # a network blip, or the 60-minute rollover
+    rig.pump(lambda: rig.streaming_to(1))  # never a fatal error (pump asserts that)
+    first_update = next(e for e in rig.transports[1].sent if e["type"] == "session.update")
+    assert first_update["session"]["audio"]["output"]["voice"] == "marin"
+
+
+def test_a_reload_answered_with_any_error_is_a_rejection_not_the_end(rig: Rig) -> None:
+    connected(rig)
+    rig.transports[0].replies["session.update"] = [{
+        "type": "error", "event_id": "e9",
+        "error": {"type": "invalid_request_error", "code": "model_not_found",
+                  "message": "gone", "param": "session.audio.input.transcription.model",
+                  "event_id": "$event_id"}}]
+    new = replace(rig.settings, session=replace(rig.settings.session,
+                                                transcription_model="whisper-1"))
+    rig.supervisor.apply_settings(new)
+    rig.pump(lambda: bool(rig.stats.snapshot()["reload"]))
+    assert not rig.sessions[0].failed.is_set()
+    assert rig.stats.snapshot()["reload"].startswith(
+        "reload rejected: session.audio.input.transcription.model, gone")
+
+
+def test_a_server_change_is_retried_when_its_new_session_dies_before_the_switch(rig: Rig
+                                                                               ) -> None:
+    first = connected(rig)
+    first.speech_active = True  # not quiet: the switch waits
+    new = replace(rig.settings, server=replace(rig.settings.server, model="gpt-realtime-2"))
+    rig.supervisor.apply_settings(new, rig.make_session(new.session))
+    rig.pump(lambda: rig.uplink.pending is not None)
+    rig.transports[1].closed = True  # the new server drops it before the switch
+    rig.pump(lambda: len(rig.transports) == 3 and rig.uplink.pending is not None, tick=0.1)
+    first.speech_active = False
+    rig.pump(lambda: rig.streaming_to(2))
+
+
+def test_the_uplink_never_switches_to_a_next_session_that_failed() -> None:
+    rig = Rig(expires_in_s=100.0)
+    try:
+        first = connected(rig)
+        first.speech_active = True
+        rig.pump(lambda: rig.uplink.pending is not None)
+        nxt = rig.uplink.pending
+        assert nxt is not None
+        nxt.fail(ConnectionLost("closed by server"))
+        first.speech_active = False  # a quiet moment comes before the supervisor's tick
+        rig.uplink.step(0.0)
+        assert rig.uplink.target is first
+    finally:
+        for session in rig.sessions:
+            session.abort()
+
+
+def test_a_next_session_that_keeps_failing_is_retried_with_backoff() -> None:
+    rig = Rig(expires_in_s=100.0)
+    try:
+        first = connected(rig)
+        first.speech_active = True
+        for _ in range(3):
+            rig.pump(lambda: rig.uplink.pending is not None)
+            rig.transports[-1].closed = True
+            rig.pump(lambda: rig.uplink.pending is None)
+            assert rig.supervisor._rollover_retry_at > rig.clock()  # waits before the next
+        assert rig.supervisor._backoff.attempts >= 3
+    finally:
+        for session in rig.sessions:
+            session.abort()

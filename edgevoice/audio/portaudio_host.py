@@ -19,6 +19,8 @@ from edgevoice.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
 
+TERMINATE_LOCK_S = 1.0
+
 
 def _new_pyaudio() -> Any:
     import pyaudio
@@ -39,9 +41,12 @@ class PortAudioHost:
         with self._lock:
             return self._open_streams
 
-    def acquire(self, rescan: bool = False) -> Any:
+    def acquire(self, rescan: bool = False, reserve: bool = False) -> Any:
         """The PyAudio object; with `rescan`, a fresh device list if no stream is open.
 
+        `reserve` counts a stream from now on (as `stream_opened` does), in the same step,
+        so no other user's re-scan can terminate PortAudio while this one opens its stream;
+        the caller releases it with `stream_closed` whether the open succeeds or fails.
         Raises AudioDeviceError when PortAudio cannot be initialised.
         """
         with self._lock:
@@ -54,6 +59,8 @@ class PortAudioHost:
                     except OSError as exc:
                         raise AudioDeviceError(f"cannot initialise PortAudio: {exc}") from exc
                 self.initialisations += 1
+            if reserve:
+                self._open_streams += 1
             return self._pa
 
     def stream_opened(self) -> None:
@@ -70,12 +77,19 @@ class PortAudioHost:
         Skipped while a stream is still open (a close hung in the driver): Pa_Terminate would
         hang with it, and the process exit releases PortAudio anyway.
         """
-        with self._lock:
+        # Bounded: a thread hung inside Pa_Initialize holds the lock, and exit must not
+        # wait for it (systemd would have to kill us).
+        if not self._lock.acquire(timeout=TERMINATE_LOCK_S):
+            log.warning("not terminating PortAudio: another call into it hangs")
+            return
+        try:
             if self._open_streams:
                 log.warning("not terminating PortAudio: %d stream(s) still open (a close "
                             "hangs in the driver)", self._open_streams)
                 return
             self._terminate_locked()
+        finally:
+            self._lock.release()
 
     def _terminate_locked(self) -> None:
         pa, self._pa = self._pa, None

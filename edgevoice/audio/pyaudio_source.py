@@ -154,7 +154,10 @@ def wait_for_pending_close(timeout: float) -> bool:
 
 def _shutdown_stream(host: PortAudioHost, stream: Any, terminate: bool, timeout: float,
                      what: str) -> bool:
-    """Close ``stream`` (and a private host) in a helper thread; False if it timed out."""
+    """Close ``stream`` (and a private host) in a helper thread; False if it timed out.
+
+    Releases the host's count for this source (reserved in open()) once the close returned.
+    """
 
     def work() -> None:
         try:
@@ -163,8 +166,7 @@ def _shutdown_stream(host: PortAudioHost, stream: Any, terminate: bool, timeout:
         except Exception as exc:  # noqa: BLE001 - a helper thread must log, not die loudly
             log.debug("closing the PortAudio stream of %s failed: %s", what, exc)
         finally:
-            if stream is not None:
-                host.stream_closed()
+            host.stream_closed()
             if terminate:
                 host.terminate()
 
@@ -269,7 +271,7 @@ class PyAudioSource:
                 "PortAudio is still hung closing the previous capture stream; "
                 "it cannot be initialised again until that call returns"
             )
-        pa = self._host.acquire(rescan=True)
+        pa = self._host.acquire(rescan=True, reserve=True)
         with quiet_stderr():
             stream: Any = None
             try:
@@ -295,7 +297,6 @@ class PyAudioSource:
                         stream_callback=callback,
                         start=False,
                     )
-                    self._host.stream_opened()
                     self._opened_at = time.monotonic()
                     stream.start_stream()
                 except (OSError, ValueError) as exc:

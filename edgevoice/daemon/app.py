@@ -96,6 +96,9 @@ class Daemon:
 
         return make
 
+    def _count_dropped(self, chunks: int) -> None:
+        self.stats.add("chunks_dropped_outage", chunks)
+
     def _count_malformed(self, kind: str) -> None:
         self.stats.add("malformed_frames")
 
@@ -110,7 +113,7 @@ class Daemon:
                                       s.session.transcription_model):
             log.warning("%s", retirement.warning(),
                         extra={"edgevoice": {"EVENT": "model_deprecated"}})
-        backlog = ChunkBacklog(outage_chunks(s))
+        backlog = ChunkBacklog(outage_chunks(s), on_drop=self._count_dropped)
         self._backlog = backlog
         self._capture = CaptureWorker(
             self._capture_config(s), backlog, self.stats,
@@ -250,7 +253,10 @@ class Daemon:
             self._capture.reconfigure(self._capture_config(new))
         elif new.health.silence_warn_s != old.health.silence_warn_s:
             self._capture.set_silence_warn(new.health.silence_warn_s)
-        connection_changed = (new.server != old.server or new.session.mode != old.session.mode)
+        # A new key counts as a connection change: an attempt made with a revoked key
+        # would end in 401 and exit 77.
+        connection_changed = (new.server != old.server or new.session.mode != old.session.mode
+                              or api_key != self._api_key)
         self._api_key = api_key
         factory = self._make_session_factory(new, api_key)
         if connection_changed:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,8 @@ QueuedItem = AudioChunk | ClientEvent
 
 
 class ChunkBacklog:
-    def __init__(self, max_chunks: int) -> None:
+    def __init__(self, max_chunks: int,
+                 on_drop: Callable[[int], None] | None = None) -> None:
         if max_chunks < 1:
             raise ValueError(f"backlog needs room for at least one chunk, got {max_chunks}")
         self._max = max_chunks
@@ -59,6 +60,7 @@ class ChunkBacklog:
         self._cond = threading.Condition()
         self._woken = False
         self.dropped = 0  # chunks lost because the buffer was full
+        self._on_drop = on_drop  # told of every drop (the chunks_dropped_outage counter)
 
     @property
     def max_chunks(self) -> int:
@@ -70,13 +72,13 @@ class ChunkBacklog:
             self._max = max(1, max_chunks)
             while len(self._chunks) > self._max:
                 self._chunks.popleft()
-                self.dropped += 1
+                self._dropped(1)
 
     def put(self, item: QueuedItem) -> None:
         with self._cond:
             if len(self._chunks) >= self._max:
                 self._chunks.popleft()
-                self.dropped += 1
+                self._dropped(1)
             self._chunks.append(item)
             self._cond.notify()
 
@@ -94,10 +96,16 @@ class ChunkBacklog:
         with self._cond:
             for chunk in reversed(list(chunks)):
                 if len(self._chunks) >= self._max:
-                    self.dropped += 1  # the oldest is the one being given back: drop it
+                    self._dropped(1)  # the oldest is the one being given back: drop it
                     continue
                 self._chunks.appendleft(chunk)
             self._cond.notify()
+
+    def _dropped(self, n: int) -> None:
+        """Called with the lock held."""
+        self.dropped += n
+        if self._on_drop is not None:
+            self._on_drop(n)
 
     def get(self, timeout: float, ordered: bool = True) -> QueuedItem | None:
         """The next urgent event, else (with `ordered`) the next chunk or ordered event.

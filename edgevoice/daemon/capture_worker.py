@@ -156,8 +156,9 @@ class CaptureWorker(Worker):
         self._failed_attempts += 1
         attempt = self._failed_attempts
         now = self._clock()
+        next_in = f"{delay:.1f}s" if delay < 10 else f"{delay:.0f}s"
         self.waiting = (f"waiting for microphone {config.device_label!r} (attempt {attempt}, "
-                        f"next in {delay:.1f}s)" if delay < 10 else f"next in {delay:.0f}s)")
+                        f"next in {next_in})")
         self._stats.set(last_error=f"microphone: {exc}")
         reason = " ".join(str(exc).split())
         if attempt <= LOG_EACH_ATTEMPT:
@@ -221,13 +222,10 @@ class CaptureWorker(Worker):
         while len(pending) - start >= n:
             piece = pending[start:start + n]
             start += n
-            dropped_before = self._backlog.dropped
             self._backlog.put(AudioChunk(piece.tobytes(), rms_dbfs(piece), captured_at,
                                          self._seq))
             self._seq += 1
             self._stats.add("chunks_captured")
-            if self._backlog.dropped != dropped_before:
-                self._stats.add("chunks_dropped_outage", self._backlog.dropped - dropped_before)
         self._pending = pending[start:].copy()
 
     def _close_source(self) -> None:

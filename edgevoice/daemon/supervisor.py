@@ -99,7 +99,9 @@ class Supervisor:
         # replaced. Until one session with the current ones has been configured, a server
         # that rejects the endpoint or the model means the settings are wrong (exit 78).
         self._generation = 0
-        self._current_generation = 0
+        self._current_generation = 0  # of the session the uplink streams to
+        self._pending_generation = 0  # of the next session, until the switch
+        self._factory_before_reload: Callable[[str], SessionLink] | None = None
         self._settings_proven = False
         self._replace_by: float | None = None  # replace the current session by then
         self._workers_started = False
@@ -114,7 +116,11 @@ class Supervisor:
         return self._settings
 
     def replace_session_factory(self, make_session: Callable[[str], SessionLink]) -> None:
-        """The next sessions are made differently (a new API key); the open ones stay."""
+        """The next sessions are made from reloaded session settings; the open ones got the
+        changes as an update. If the server rejects that update, the factory from before
+        comes back (`_reload_rejected`): the next session must not carry a value the server
+        refused, or a routine reconnect would end the daemon with exit 78."""
+        self._factory_before_reload = self._make_session
         self._make_session = make_session
 
     def apply_settings(self, new: Settings,
@@ -134,8 +140,7 @@ class Supervisor:
                 attempt.cancel.set()
                 attempt.session.abort()
             pending = self._uplink.pending
-            if pending is not None:
-                self._uplink.drop_pending(pending)
+            if pending is not None and self._uplink.drop_pending(pending):
                 pending.abort()
             if self._uplink.target is not None:
                 self._replace_by = now + SWITCH_AFTER_RELOAD_S
@@ -197,11 +202,15 @@ class Supervisor:
                 return fatal
             current = self._uplink.target  # the rollover session, if one was ready
         pending = self._uplink.pending
-        if pending is not None and pending.failed.is_set():
-            # The next session died before the switch: forget it, roll over again later.
-            self._uplink.drop_pending(pending)
-            log.warning("next session %s failed before the switch: %s", pending.session_id,
-                        pending.failure)
+        if pending is not None and pending.failed.is_set() and \
+                self._uplink.drop_pending(pending):
+            # The next session died before the switch: forget it, roll over again after a
+            # backoff delay (a server that accepts and drops sessions is not hammered).
+            delay = self._backoff.next_delay(_retry_after(pending.failure)
+                                             if pending.failure is not None else None)
+            self._rollover_retry_at = now + delay
+            log.warning("next session %s failed before the switch: %s; retry in %.1fs",
+                        pending.session_id, pending.failure, delay)
             pending.abort()
         if current is None and self._attempt is None and now >= self._next_attempt_at:
             self._start_attempt(for_rollover=False)
@@ -214,9 +223,17 @@ class Supervisor:
         for session in (current, self._uplink.pending):
             text = session.take_reload_rejection() if session is not None else None
             if text:
-                self._stats.set(reload=text)
+                self._reload_rejected(text)
         self._close_retired(now)
         return None
+
+    def _reload_rejected(self, text: str) -> None:
+        self._stats.set(reload=text)
+        if self._factory_before_reload is not None:
+            self._make_session = self._factory_before_reload
+            self._factory_before_reload = None
+            log.warning("the next sessions keep the session settings from before the reload",
+                        extra={"edgevoice": {"EVENT": "reload_reverted"}})
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -263,9 +280,8 @@ class Supervisor:
             deadline = self._switch_deadline(self._uplink.target, now)
             if self._replace_by is not None:
                 deadline = min(deadline, self._replace_by)
-                self._replace_by = None
             self._uplink.offer_next(session, deadline)
-            self._current_generation = attempt.generation
+            self._pending_generation = attempt.generation
             log.info("next session %s ready; switching at a quiet moment",
                      session.session_id)
             return None
@@ -354,6 +370,7 @@ class Supervisor:
                                          "CLOSE_CODE": code}})
         if pending is not None:
             self._uplink.attach(pending, self._capture.next_seq - 1)
+            self._current_generation = self._pending_generation
             self._connected_since = now
             return None
         if session.expired:
@@ -425,7 +442,10 @@ class Supervisor:
 
     def _close_retired(self, now: float) -> None:
         retired = self._uplink.take_retired()
-        if retired is not None:
+        if retired is not None:  # the uplink switched to the next session
+            self._current_generation = self._pending_generation
+            if self._current_generation == self._generation:
+                self._replace_by = None
             self._draining.append((retired, now + DRAIN_OLD_SESSION_S))
             self._stats.set(session_id=self._uplink.target.session_id
                             if self._uplink.target else "")
@@ -462,7 +482,8 @@ class Supervisor:
                                 self._uplink.take_retired()) if s is not None]
         sessions += [s for s, _ in self._draining]
         for session in sessions:
-            session.close(1000, "client stopping", join_timeout_s=1.0)
+            session.close(1000, "client stopping",
+                          join_timeout_s=max(0.1, min(1.0, join_by - self._clock())))
         if not self._capture.join(max(0.1, join_by - self._clock())):
             log.warning("capture did not stop in time (a read hangs in the driver)")
         self._stats.set(state="stopped")

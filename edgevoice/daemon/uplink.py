@@ -88,10 +88,13 @@ class Uplink(Worker):
             self._next_deadline = deadline
         self._backlog.wake()
 
-    def drop_pending(self, session: SessionLink) -> None:
+    def drop_pending(self, session: SessionLink) -> bool:
+        """Forget `session` as the next one; False if the uplink switched to it meanwhile."""
         with self._lock:
             if self._next is session:
                 self._next = None
+                return True
+            return False
 
     def take_retired(self) -> SessionLink | None:
         with self._lock:
@@ -205,8 +208,8 @@ class Uplink(Worker):
     def _maybe_switch(self, chunk_rms: float) -> None:
         """Called with the lock held, from the worker thread only."""
         nxt, old = self._next, self._target
-        if nxt is None or old is None:
-            return
+        if nxt is None or old is None or nxt.failed.is_set():
+            return  # a next session that died is the supervisor's to drop
         if old.failed.is_set():
             return  # the supervisor handles it: replay, fatal exits, then the switch
         quiet = old.is_quiet() and chunk_rms < SPEECH_DBFS

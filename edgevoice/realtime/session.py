@@ -224,7 +224,8 @@ class RealtimeSession:
             target = protocol.session_config(new)
             changes = protocol.config_changes(applied, target)
             new_voice = protocol.voice_of(changes)
-            if new_voice is not None and self.produced_audio:
+            # A response under way may be speaking already (its first delta in flight).
+            if new_voice is not None and (self.produced_audio or self.response_active):
                 changes = protocol.without_voice(changes)
                 target = protocol.without_voice(target)
                 old_voice = protocol.voice_of(applied)
@@ -373,6 +374,18 @@ class RealtimeSession:
 
     def _on_error(self, event: ServerEvent) -> None:
         error = ServerError.from_event(event)
+        with self._lock:
+            is_reload = bool(error.event_id) and error.event_id in self._reload_ids
+        klass = protocol.classify_error(error)
+        if is_reload and klass is not protocol.ErrorClass.CREDENTIALS:
+            # Whatever the server says about a reload's update (a bad value, a retired
+            # model, a rate limit), it keeps the old configuration: report, stream on.
+            text = f"reload rejected: {error.param or 'session'}, {error.message or error.code}"
+            with self._lock:
+                self._reload_rejection = text
+            log.error("%s", text, extra=fields(EVENT="reload_rejected", SESSION=self.session_id,
+                                               ERROR_CODE=error.code))
+            return
         failure = protocol.exception_for_error(error, self._pending_update_id)
         if failure is not None:
             if isinstance(failure, ConnectionLost) and failure.close_code == 1001:
@@ -381,16 +394,6 @@ class RealtimeSession:
             return
         if error.event_id and error.event_id == self._probe_id:
             self.probe_sent_at = None  # an answer all the same: the session is alive
-        with self._lock:
-            is_reload = error.event_id in self._reload_ids
-            if is_reload:
-                text = (f"reload rejected: {error.param or 'session'}, "
-                        f"{error.message or error.code}")
-                self._reload_rejection = text
-        if is_reload:
-            log.error("%s", text, extra=fields(EVENT="reload_rejected",
-                                               SESSION=self.session_id,
-                                               ERROR_CODE=error.code))
 
     def _on_updated(self, event: ServerEvent) -> None:
         session = event.data.get("session")
