@@ -170,8 +170,9 @@ def test_daemon_outputs_with_a_server_echoing_the_key(
     metrics_path = tmp_path / "run" / "metrics.prom"
     config = merge(wav_config(tmp_path, server.url, speech(60.0)), {
         "health": {"status_file": str(status_path), "metrics_file": str(metrics_path)},
-        # Stay offline long enough for the status file (written every 2 s) to show it.
-        "reconnect": {"initial_s": 8.0, "max_s": 8.0},
+        # Stay offline long enough for the status file (written every 2 s) to show it: the
+        # backoff draws at least a tenth of initial_s, 3 s.
+        "reconnect": {"initial_s": 30.0, "max_s": 30.0},
     })
     echo = " ".join(f"<{KEY[:n]}>" for n in range(MIN_FRAGMENT_LEN, len(KEY) + 1))
     with running_daemon(tmp_path, config, env=notify_env(notify)) as daemon:

@@ -11,11 +11,13 @@ here, part by part, as the table in README.md says.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from edgevoice import __version__
 from edgevoice.compose import Parts
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
@@ -37,6 +39,7 @@ from edgevoice.settings import Settings, check_settings, load_settings
 log = logging.getLogger("edgevoice")
 
 STATUS_FILE_EVERY_S = 2.0
+BYTES_PER_S = protocol.INPUT_RATE * 2  # 24 kHz mono PCM16
 CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
 
 
@@ -125,6 +128,8 @@ class Daemon:
                                       self._capture, self._uplink, backlog, self.stats,
                                       clock=self._clock, wall_clock=self._parts.wall_clock,
                                       on_tick=self._tick)
+        self._started = self._clock()
+        self._started_wall = self._parts.wall_clock()
         self._heartbeats = HeartbeatRegistry(clock=self._clock)
         self._heartbeats.expect_progress("audio", False)  # only while the device is open
         half = self._notifier.watchdog_interval_s  # half of WatchdogSec, or None
@@ -186,6 +191,31 @@ class Daemon:
             self._stopping_sent = True
             self._notifier.stopping()
 
+    def status_snapshot(self) -> dict[str, Any]:
+        """Everything `edgevoice status`, the status file and the metrics show."""
+        snap = self.stats.snapshot()
+        now = self._clock()
+        target = self._uplink.target
+        s = self.settings
+        snap.update(
+            pid=os.getpid(),
+            version=__version__,
+            model=s.server.model,
+            mode=s.session.mode,
+            chunk_ms=s.audio.chunk_ms,
+            capture_device=self._capture.description,
+            started_at=self._started_wall,
+            updated_at=self._parts.wall_clock(),
+            uptime_s=round(now - self._started, 1),
+            session_age_s=round(now - target.configured_at, 1) if target is not None else None,
+            last_server_event_age_s=(round(now - target.last_event_at, 1)
+                                     if target is not None else None),
+            uplink_queue_chunks=len(self._backlog),
+            seconds_captured=round(snap["counters"]["audio_bytes_captured"] / BYTES_PER_S, 2),
+            seconds_streamed=round(snap["counters"]["audio_bytes_sent"] / BYTES_PER_S, 2),
+        )
+        return snap
+
     def _update_status(self) -> None:
         target = self._uplink.target
         age = self._clock() - target.configured_at if target is not None else None
@@ -204,7 +234,7 @@ class Daemon:
         health = self.settings.health
         if not (health.status_file or health.metrics_file):
             return
-        snapshot = self.stats.snapshot()
+        snapshot = self.status_snapshot()
         try:
             if health.status_file:
                 status_files.write_atomic(Path(health.status_file),

@@ -222,10 +222,12 @@ class CaptureWorker(Worker):
         while len(pending) - start >= n:
             piece = pending[start:start + n]
             start += n
-            self._backlog.put(AudioChunk(piece.tobytes(), rms_dbfs(piece), captured_at,
-                                         self._seq))
+            level = rms_dbfs(piece)
+            self._backlog.put(AudioChunk(piece.tobytes(), level, captured_at, self._seq))
             self._seq += 1
             self._stats.add("chunks_captured")
+            self._stats.add("audio_bytes_captured", piece.nbytes)
+            self._stats.set(capture_level_dbfs=round(level, 1))
         self._pending = pending[start:].copy()
 
     def _close_source(self) -> None:

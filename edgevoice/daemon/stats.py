@@ -1,7 +1,9 @@
 """Counters shared by the workers, read by status, metrics and the end-of-run summary.
 
 Counters only ever grow (a fleet's Prometheus wants monotonic counters); the log may be
-rate-limited, these never are.
+rate-limited, these never are. Labelled counters take their labels from fixed sets
+(`RECONNECT_REASONS`, `KNOWN_ERROR_CODES` + "other"): a hostile server could otherwise
+invent an unbounded number of series.
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ class Counters:
     server_events: int = 0
     malformed_frames: int = 0  # server frames skipped as unusable (never fatal)
     send_timeouts: int = 0  # sends that did not drain: sessions failed as silent
+    audio_bytes_captured: int = 0  # 24 kHz mono PCM16 bytes cut into chunks
+
+
+# Why a streaming session ended (the supervisor's classification of the failure).
+RECONNECT_REASONS = ("expired", "closed", "reset", "stall", "pong_timeout", "send_timeout",
+                     "frame_too_large", "rejected", "other")
+# Server error codes counted by name; anything else is "other".
+KNOWN_ERROR_CODES = frozenset({
+    "invalid_api_key", "insufficient_quota", "account_deactivated",
+    "billing_hard_limit_reached", "rate_limit_exceeded", "session_expired",
+    "beta_api_shape_disabled", "model_not_found", "invalid_model", "invalid_value",
+    "invalid_type", "unknown_parameter", "missing_required_parameter",
+    "unsupported_parameter", "input_audio_buffer_commit_empty",
+    "response_cancel_not_active", "conversation_already_has_active_response",
+    "server_error",
+})
 
 
 @dataclass
@@ -51,7 +69,24 @@ class Stats:
     capture_rate: int = 0
     waiting: str = ""  # what capture waits for ("waiting for microphone 'USB' ...")
     reload: str = ""  # the last reload's rejection by the server, until the next session
+    capture_level_dbfs: float | None = None  # RMS of the last captured chunk
+    reconnect_reasons: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(RECONNECT_REASONS, 0))
+    server_error_codes: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reconnect(self, reason: str) -> None:
+        """One more reconnect (also counted in `reconnects`), by a reason of the fixed set."""
+        with self._lock:
+            self.counters.reconnects += 1
+            key = reason if reason in self.reconnect_reasons else "other"
+            self.reconnect_reasons[key] += 1
+
+    def server_error(self, code: str) -> None:
+        with self._lock:
+            self.counters.server_errors += 1
+            key = code if code in KNOWN_ERROR_CODES else "other"
+            self.server_error_codes[key] = self.server_error_codes.get(key, 0) + 1
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -74,7 +109,10 @@ class Stats:
                 "capture_rate": self.capture_rate,
                 "waiting": self.waiting,
                 "reload": self.reload,
+                "capture_level_dbfs": self.capture_level_dbfs,
                 "counters": asdict(self.counters),
+                "reconnects_by_reason": dict(self.reconnect_reasons),
+                "server_errors_by_code": dict(self.server_error_codes),
             }
 
 
@@ -96,5 +134,10 @@ def register_counters(dispatcher: EventDispatcher[Any], stats: Stats) -> None:
     dispatcher.on(count("user_transcripts"),
                   "conversation.item.input_audio_transcription.completed")
     dispatcher.on(count("responses"), "response.done")
-    dispatcher.on(count("server_errors"), "error")
+    def error(session: object, event: ServerEvent) -> None:
+        err = event.data.get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+        stats.server_error(code if isinstance(code, str) else "")
+
+    dispatcher.on(error, "error")
     dispatcher.on(audio, "response.output_audio.delta")

@@ -51,6 +51,28 @@ def _retry_after(error: EdgeVoiceError) -> float | None:
     return error.retry_after_s if isinstance(error, ConnectionLost) else None
 
 
+def reconnect_reason(error: EdgeVoiceError, expired: bool) -> str:
+    """The fixed label (stats.RECONNECT_REASONS) for why a streaming session ended."""
+    if expired:
+        return "expired"
+    if isinstance(error, EndpointRejected):
+        return "rejected"
+    if not isinstance(error, ConnectionLost):
+        return "other"
+    text = str(error)
+    if error.close_code == 1009 or text.startswith("frame too large"):
+        return "frame_too_large"
+    if error.silent:
+        if "no pong" in text:
+            return "pong_timeout"
+        if "stopped reading" in text:
+            return "send_timeout"
+        return "stall"
+    if error.close_code in (None, 1005, 1006):
+        return "reset"
+    return "closed"
+
+
 @dataclass
 class _Attempt:
     session: SessionLink
@@ -362,7 +384,7 @@ class Supervisor:
         self._uplink.detach(replay_since=self._unread_since(session, error))
         session.abort()
         self._connected_since = None
-        self._stats.add("reconnects")
+        self._stats.reconnect(reconnect_reason(error, session.expired))
         pending = self._uplink.pending
         code = error.close_code if isinstance(error, ConnectionLost) else None
         log.warning("session %s ended: %s", session.session_id, error,
