@@ -125,6 +125,9 @@ class Connection:
     def set_blackholed(self, blackholed: bool) -> None:
         self.ws.set_blackholed(blackholed)
 
+    def speech_started_now(self) -> JsonObj | None:
+        return self.conv.speech_started_now()
+
     def mark_reset(self) -> None:
         if self.server_close_code is None:
             self.server_close_code = 1006

@@ -23,12 +23,20 @@ Operations (arguments; HTTP query names are the same unless noted):
   in ``session.update`` is rejected with model_not_found.
 * ``reject_model_http`` (status=404, count=1): the next handshakes are answered with HTTP
   400 or 404 and a ``model_not_found`` JSON body naming the requested model.
+* ``long_answer`` (seconds, speed=None): the next response (of any session) lasts
+  ``seconds`` (0 < s <= 600): the last user turn's audio repeated, or a 440 Hz tone when
+  there is none; streamed at ``speed`` x real time (1 = real time; default: the server's
+  ``response_speed``, 4). One-shot; a second call replaces a pending one.
+* ``speech_started_now``: every open session whose VAD is not already in speech emits
+  ``input_audio_buffer.speech_started`` now (audio_start_ms = current input position less
+  the prefix padding, a fresh item_id) and its VAD enters speech; with turn detection
+  and ``interrupt_response`` the active response is cancelled (``turn_detected``).
+  Returns one ``{session_id, item_id, audio_start_ms, cancelled}`` per session it hit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,6 +47,7 @@ from urllib.parse import parse_qs
 
 from .faults import FaultConnection
 from .records import SessionRecord, new_id, summarize
+from .responses import check_long_answer
 from .schema import ApiError, JsonObj
 
 Args = dict[str, Any]
@@ -58,6 +67,7 @@ class FaultState:
     rejects: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
     model_rejects: deque[int] = field(default_factory=deque)
     retired_models: set[str] = field(default_factory=set)
+    long_answer: tuple[float, float | None] | None = None  # (seconds, speed) of the next answer
 
 
 class Link(Protocol):
@@ -72,6 +82,7 @@ class Link(Protocol):
     def send_text(self, text: str, summary: JsonObj) -> None: ...
     def send_error(self, err: ApiError) -> None: ...
     def mark_reset(self) -> None: ...
+    def speech_started_now(self) -> JsonObj | None: ...
 
 
 class Target(Protocol):
@@ -188,13 +199,24 @@ def _reject_model_http(t: Target, a: Args) -> None:
         t.faults.model_rejects.append(status)
 
 
+def _long_answer(t: Target, a: Args) -> JsonObj:
+    seconds = float(a["seconds"])
+    speed = None if a.get("speed") is None else float(a["speed"])
+    check_long_answer(seconds, speed)
+    t.info("fault: next answer lasts %.1f s (speed %s)", seconds, speed)
+    with t.changing():
+        t.faults.long_answer = (seconds, speed)
+    return {"seconds": seconds, "speed": speed}
+
+
+def _speech_started_now(t: Target, a: Args) -> list[JsonObj]:
+    t.info("fault: speech_started_now")
+    hits = (link.speech_started_now() for link in t.open_links())
+    return [hit for hit in hits if hit is not None]
+
+
 def _sessions(t: Target, a: Args) -> list[JsonObj]:
-    skip = ("audio_chunks", "client_events", "server_events", "wav_path")
-    return [
-        {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in skip}
-        | {"wav_path": str(r.wav_path) if r.wav_path else None}
-        for r in t.sessions()
-    ]
+    return [r.to_json() for r in t.sessions()]
 
 
 def _each(action: Callable[[Link, Args], None]) -> Callable[[Target, Args], None]:
@@ -307,6 +329,14 @@ OPS: dict[str, Op] = {
         _reject_model_http,
         lambda q: {"status": q.integer("status", 404), "count": q.integer("count", 1)},
     ),
+    "long_answer": Op(
+        _long_answer,
+        lambda q: {
+            "seconds": q.number("seconds"),
+            "speed": q.number("speed") if q.has("speed") else None,
+        },
+    ),
+    "speech_started_now": Op(_speech_started_now),
 }
 
 
@@ -406,3 +436,14 @@ class FaultMethods:
     def reject_model_http(self, status: int = 404, count: int = 1) -> None:
         """Answer the next ``count`` handshakes with HTTP 400/404 ``model_not_found``."""
         self._op("reject_model_http", {"status": status, "count": count})
+
+    def long_answer(self, seconds: float, speed: float | None = None) -> None:
+        """The next response's audio lasts ``seconds``, streamed at ``speed`` x real time
+        (None: the server's ``response_speed``). ValueError for bad arguments."""
+        self._op("long_answer", {"seconds": seconds, "speed": speed})
+
+    def speech_started_now(self) -> list[JsonObj]:
+        """Every open session says speech started now (cancelling an interruptible answer);
+        returns ``{session_id, item_id, audio_start_ms, cancelled}`` per session hit."""
+        result: list[JsonObj] = self._op("speech_started_now")
+        return result

@@ -14,10 +14,10 @@ import copy
 import json
 from collections.abc import Callable, Collection, Coroutine
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .records import SessionRecord, new_id, summarize
+from .responses import RESPONSE_CHUNK_MS, RESPONSE_SPEED, Response, plan_answer, truncate
 from .schema import (
     ApiError,
     JsonObj,
@@ -31,16 +31,15 @@ from .vad import (
     SEMANTIC_SILENCE_MS,
     EnergyVad,
     bytes_per_sample,
-    convert,
     decode,
     format_rate,
     threshold_to_dbfs,
 )
 
+__all__ = ["RESPONSE_CHUNK_MS", "RESPONSE_SPEED", "Conversation", "Host"]
+
 MIN_COMMIT_MS = 100
 MAX_BUFFER_S = 600  # the input buffer keeps at most this much uncommitted audio
-RESPONSE_CHUNK_MS = 100
-RESPONSE_SPEED = 4.0  # echoed audio is streamed this many times faster than real time
 
 Emit = Callable[[JsonObj], None]
 Schedule = Callable[[Coroutine[Any, Any, None]], "asyncio.Future[None]"]
@@ -51,7 +50,9 @@ class Host(Protocol):
 
     ``changing()`` locks the observations (records, counters) and wakes waiters when the
     block ends; ``audio_received`` accounts and records one append's decoded audio
-    (possibly empty); ``count`` adds one to a server-wide counter.
+    (possibly empty); ``count`` adds one to a server-wide counter; ``response_speed`` is
+    the default pacing of answers (times real time); ``take_long_answer`` hands out, once,
+    a pending ``long_answer`` (seconds, speed or None).
     """
 
     @property
@@ -64,13 +65,9 @@ class Host(Protocol):
     def info(self, msg: str, *args: Any) -> None: ...
     def audio_received(self, conv: Conversation, data: bytes) -> None: ...
     def count(self, counter: str) -> None: ...
-
-
-@dataclass
-class _Response:
-    id: str
-    item_id: str
-    task: asyncio.Future[None] | None = None
+    @property
+    def response_speed(self) -> float: ...
+    def take_long_answer(self) -> tuple[float, float | None] | None: ...
 
 
 class Conversation:
@@ -99,7 +96,10 @@ class Conversation:
         self.speech_item: str | None = None
         self.last_item_id: str | None = None
         self.last_item_audio = b""
-        self.response: _Response | None = None
+        self.last_item_fmt = self.fmt
+        self.response: Response | None = None
+        self.assistant_items: dict[str, Response] = {}
+        self.idle_from: int | None = None  # session ms the idle timeout counts from
         self.audio_output_started = False
         self._configure_vad()
 
@@ -133,8 +133,9 @@ class Conversation:
 
     def close(self) -> None:
         """The connection is gone: stop the active response."""
-        if self.response is not None and self.response.task is not None:
-            self.response.task.cancel()
+        if self.response is not None:
+            self.response.abort()
+            self.response = None
 
     def on_text(self, text: str) -> None:
         """Handle one text frame from the client."""
@@ -286,16 +287,7 @@ class Conversation:
             return
         for ev in vad_events:
             if ev.kind == "speech_started":
-                self.speech_item = new_id("item")
-                self.emit(
-                    {
-                        "type": "input_audio_buffer.speech_started",
-                        "audio_start_ms": self.session_ms(ev.sample),
-                        "item_id": self.speech_item,
-                    }
-                )
-                if td.get("interrupt_response", True) and self.response is not None:
-                    self._cancel_response("turn_detected")
+                self._speech_started(ev.sample, td)
             else:
                 item_id = self.speech_item or new_id("item")
                 self.speech_item = None
@@ -308,6 +300,86 @@ class Conversation:
                 )
                 audio_item = self._take(ev.start, ev.sample)
                 self._commit_turn(item_id, audio_item, auto=bool(td.get("create_response", True)))
+        self._check_idle(td)
+
+    def _speech_started(self, sample: int, td: JsonObj | None) -> str:
+        """Emit speech_started at ``sample``; with interrupt_response, cancel the response."""
+        self.speech_item = new_id("item")
+        self.emit(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": self.session_ms(sample),
+                "item_id": self.speech_item,
+            }
+        )
+        if td is not None and td.get("interrupt_response", True):
+            self._cancel_response("turn_detected")
+        self.idle_from = None
+        return self.speech_item
+
+    def speech_started_now(self) -> JsonObj | None:
+        """The ``speech_started_now`` operation: speech starts here, as the VAD would say.
+
+        The VAD enters speech (so quiet audio from now on ends the turn after
+        ``silence_duration_ms``, as after a false trigger); audio_start_ms includes the
+        prefix padding. Nothing happens when the VAD is already in speech (None).
+        """
+        if self.vad.in_speech:
+            return None
+        td = self.turn_detection
+        resp = self.response
+        if td is not None:
+            sample = self.vad.force_start()
+        else:
+            pad = self.vad.rate * self.vad.prefix_padding_ms // 1000
+            sample = max(0, self.vad.position - pad)
+        item_id = self._speech_started(sample, td)
+        self.host.info("session %s: speech_started injected", self.id)
+        return {
+            "session_id": self.id,
+            "item_id": item_id,
+            "audio_start_ms": self.session_ms(sample),
+            "cancelled": resp.id if resp is not None and self.response is None else None,
+        }
+
+    def _check_idle(self, td: JsonObj) -> None:
+        """server_vad ``idle_timeout_ms``: after that much input audio with no speech since
+        the last response's audio finished playing, timeout_triggered, commit and answer.
+
+        Time is counted in input audio (the client streams in real time); the timer starts
+        at response.done plus the playback length of the audio the response sent.
+        """
+        timeout = td.get("idle_timeout_ms")
+        if (
+            td["type"] != "server_vad"
+            or timeout is None
+            or self.idle_from is None
+            or self.kind != "realtime"
+            or self.response is not None
+            or self.vad.in_speech
+        ):
+            return
+        now = self.session_ms(self.vad.position)
+        if now - self.idle_from < int(timeout):
+            return
+        item_id = new_id("item")
+        self.emit(
+            {
+                "type": "input_audio_buffer.timeout_triggered",
+                "audio_start_ms": self.idle_from,
+                "audio_end_ms": now,
+                "item_id": item_id,
+            }
+        )
+        self.host.info("session %s: idle timeout after %d ms", self.id, now - self.idle_from)
+        self.idle_from = None
+        audio = bytes(self.buf)
+        self.buf.clear()
+        self.buf_start = self.vad.position
+        self.vad.reset()
+        self.speech_item = None
+        self._commit_turn(item_id, audio, auto=False)
+        self._start_response("idle_timeout")
 
     def _take(self, start: int, end: int) -> bytes:
         """Remove [start, end) (VAD samples) from the buffer; audio before start is dropped."""
@@ -340,7 +412,8 @@ class Conversation:
         )
         self.last_item_id = item_id
         self.last_item_audio = audio
-        secs = self._seconds(audio)
+        self.last_item_fmt = self.fmt
+        secs = self.seconds(audio)
         self.host.info("session %s: user turn %s, %.2f s", self.id, item_id, secs)
         if self.transcribes:
             transcript = f"[speech {secs:.2f} s, devserver cannot transcribe]"
@@ -362,13 +435,15 @@ class Conversation:
                 }
             )
         if auto and self.kind == "realtime" and self.response is None:
-            self._start_response()
+            self._start_response("vad")
 
-    def _seconds(self, audio: bytes) -> float:
-        return len(audio) / bytes_per_sample(self.fmt) / self.vad.rate
+    def seconds(self, audio: bytes, fmt: str | None = None) -> float:
+        """Duration of input audio in ``fmt`` (default: the current input format)."""
+        fmt = fmt or self.fmt
+        return len(audio) / bytes_per_sample(fmt) / format_rate(fmt)
 
     def _on_commit(self, event: JsonObj) -> None:
-        ms = self._seconds(bytes(self.buf)) * 1000.0
+        ms = self.seconds(bytes(self.buf)) * 1000.0
         if ms < MIN_COMMIT_MS:
             raise ApiError(
                 "input_audio_buffer_commit_empty",
@@ -408,145 +483,42 @@ class Conversation:
                 "one.",
                 None,
             )
-        self._start_response()
+        self._start_response("client")
 
     def _on_response_cancel(self, event: JsonObj) -> None:
-        if self.response is None:
+        want = event.get("response_id")
+        if self.response is None or (want is not None and want != self.response.id):
             raise ApiError(
                 "response_cancel_not_active",
                 "Cancellation failed: no active response found.",
                 None,
             )
-        self._cancel_response("client_cancelled")
+        eid = event.get("event_id")
+        self._cancel_response("client_cancelled", eid if isinstance(eid, str) else None)
 
-    def _response_obj(self, resp: _Response, status: str) -> JsonObj:
-        out = self.config["audio"]["output"]
-        return {
-            "object": "realtime.response",
-            "id": resp.id,
-            "status": status,
-            "status_details": None,
-            "output": [],
-            "conversation_id": "conv_" + self.id.removeprefix("sess_"),
-            "output_modalities": list(self.config.get("output_modalities", ["audio"])),
-            "max_output_tokens": self.config.get("max_output_tokens", "inf"),
-            "audio": {"output": {"format": out["format"], "voice": out["voice"]}},
-            "usage": None,
-            "metadata": None,
-        }
-
-    def _start_response(self) -> None:
-        resp = _Response(id=new_id("resp"), item_id=new_id("item"))
+    def _start_response(self, trigger: str) -> None:
+        resp = Response(self, trigger, plan_answer(self, trigger))
         self.response = resp
-        self.emit({"type": "response.created", "response": self._response_obj(resp, "in_progress")})
-        resp.task = self.schedule(self._run_response(resp, self.last_item_audio))
+        self.idle_from = None
+        self.assistant_items[resp.item_id] = resp
+        self.last_item_id = resp.item_id
+        resp.start()
 
-    def _cancel_response(self, reason: str) -> None:
-        resp = self.response
-        if resp is None:
-            return
-        self.response = None
-        if resp.task is not None:
-            resp.task.cancel()
-        body = self._response_obj(resp, "cancelled")
-        body["status_details"] = {"type": "cancelled", "reason": reason}
-        self.emit({"type": "response.done", "response": body})
+    def _cancel_response(self, reason: str, event_id: str | None = None) -> None:
+        """Stop the active response at once: response.done cancelled (no-op without one)."""
+        if self.response is not None:
+            self.response.finish("cancelled", reason, event_id)
 
-    async def _run_response(self, resp: _Response, audio: bytes) -> None:
-        secs = self._seconds(audio)
-        text = (
-            f"Echoing {secs:.2f} s of your speech."
-            if audio
-            else "Nothing to echo: no user audio has been committed yet."
-        )
-        ids = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0}
-        part = {**ids, "content_index": 0}
-        item: JsonObj = {
-            "id": resp.item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": "in_progress",
-            "content": [],
-        }
-        self.emit(
-            {
-                "type": "response.output_item.added",
-                "response_id": resp.id,
-                "output_index": 0,
-                "item": item,
-            }
-        )
-        modalities = self.config.get("output_modalities", ["audio"])
-        if "audio" in modalities:
-            out_fmt = self.config["audio"]["output"]["format"]["type"]
-            pcm = convert(audio, self.fmt, out_fmt)
-            if pcm:
-                self.audio_output_started = True
-            step = format_rate(out_fmt) * bytes_per_sample(out_fmt) * RESPONSE_CHUNK_MS // 1000
-            pause = RESPONSE_CHUNK_MS / 1000.0 / RESPONSE_SPEED
-            for i in range(0, len(pcm), step):
-                self.emit(
-                    {
-                        "type": "response.output_audio.delta",
-                        **part,
-                        "delta": base64.b64encode(pcm[i : i + step]).decode("ascii"),
-                    }
-                )
-                await asyncio.sleep(pause)
-            self.emit({"type": "response.output_audio_transcript.delta", **part, "delta": text})
-            self.emit({"type": "response.output_audio.done", **part})
-            done = {"type": "response.output_audio_transcript.done", **part, "transcript": text}
-            self.emit(done)
-            content = [{"type": "output_audio", "transcript": text}]
-        else:
-            self.emit({"type": "response.output_text.delta", **part, "delta": text})
-            self.emit({"type": "response.output_text.done", **part, "text": text})
-            content = [{"type": "output_text", "text": text}]
-        item = {**item, "status": "completed", "content": content}
-        self.emit(
-            {
-                "type": "response.output_item.done",
-                "response_id": resp.id,
-                "output_index": 0,
-                "item": item,
-            }
-        )
-        body = self._response_obj(resp, "completed")
-        body["output"] = [item]
-        body["usage"] = {
-            "total_tokens": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "input_token_details": {"audio_tokens": 0, "text_tokens": 0, "cached_tokens": 0},
-            "output_token_details": {"audio_tokens": 0, "text_tokens": 0},
-        }
-        self.response = None
-        self.emit({"type": "response.done", "response": body})
-        self.emit(
-            {
-                "type": "rate_limits.updated",
-                "rate_limits": [
-                    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
-                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
-                ],
-            }
-        )
+    def response_finished(self, resp: Response) -> None:
+        """``resp`` is about to send response.done: the idle timer starts after playback."""
+        if self.response is resp:
+            self.response = None
+        self.idle_from = self.session_ms(self.vad.position) + resp.sent // resp.bpm
 
     # conversation.*
 
     def _on_truncate(self, event: JsonObj) -> None:
-        for key in ("item_id", "content_index", "audio_end_ms"):
-            if key not in event:
-                raise missing_param(key)
-        self.emit(
-            {
-                "type": "conversation.item.truncated",
-                "item_id": event["item_id"],
-                "content_index": event["content_index"],
-                "audio_end_ms": event["audio_end_ms"],
-            }
-        )
+        truncate(self, event)
 
     def _on_item_create(self, event: JsonObj) -> None:
         item = event.get("item")
@@ -565,6 +537,8 @@ class Conversation:
     def _on_item_delete(self, event: JsonObj) -> None:
         if "item_id" not in event:
             raise missing_param("item_id")
+        if isinstance(event["item_id"], str):
+            self.assistant_items.pop(event["item_id"], None)
         self.emit({"type": "conversation.item.deleted", "item_id": event["item_id"]})
 
     _dispatch: dict[str, Callable[[Conversation, JsonObj], None]] = {

@@ -19,7 +19,15 @@ import signal
 import sys
 from pathlib import Path
 
+from .responses import RESPONSE_SPEED
 from .server import DevServer, ws_log
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="treat model NAME as retired (error model_not_found, close 1008); repeatable",
     )
     parser.add_argument(
+        "--response-speed",
+        type=_positive,
+        default=RESPONSE_SPEED,
+        metavar="X",
+        help=f"stream answers at X times real time (default {RESPONSE_SPEED:g}; 1 = real time)",
+    )
+    parser.add_argument(
         "--control",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -99,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         expire_close_only=bool(getattr(args, "expire_close_only", False)),
         vad_threshold_dbfs=getattr(args, "vad_dbfs", None),
         retired_models=getattr(args, "retired_model", None) or (),
+        response_speed=getattr(args, "response_speed", RESPONSE_SPEED),
     )
 
     def ready() -> None:

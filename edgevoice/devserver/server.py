@@ -7,8 +7,9 @@ sessions, and injects transport faults on command. Tests run it in-process
 runs it in the foreground with an HTTP control endpoint for out-of-process tests.
 
 This module holds the lifecycle, the handshake, sending and recording; the session schema
-is in :mod:`.schema`, the client-event handlers in :mod:`.conversation`, the fault
-operations in :mod:`.control`.
+is in :mod:`.schema`, the client-event handlers in :mod:`.conversation`, the assistant's
+answers (framing, pacing, cancel, truncate) in :mod:`.responses`, the fault operations in
+:mod:`.control`, the HTTP answers in :mod:`.httpio`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import email.utils
 import hmac
-import http
-import json
 import logging
 import threading
 import time
@@ -31,7 +29,6 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -39,7 +36,9 @@ from .connection import NO_FRAME_CODES, Connection
 from .control import FaultMethods, FaultState, control_request
 from .conversation import Conversation
 from .faults import FaultConnection
+from .httpio import error_body, http_response, request_key
 from .records import Counters, SessionRecord, new_id
+from .responses import RESPONSE_SPEED
 from .schema import (
     DEFAULT_MODEL,
     DEFAULT_TRANSCRIPTION_MODEL,
@@ -84,7 +83,10 @@ class DevServer(FaultMethods):
         expire_close_only: bool = False,
         vad_threshold_dbfs: float | None = None,
         retired_models: Iterable[str] = (),
+        response_speed: float = RESPONSE_SPEED,
     ) -> None:
+        if not response_speed > 0:
+            raise ValueError(f"response_speed must be > 0, not {response_speed}")
         self.host = host
         self.port = port
         self.api_key = api_key
@@ -93,6 +95,7 @@ class DevServer(FaultMethods):
         self.control = control
         self.keep_history = keep_history
         self.vad_threshold_dbfs = vad_threshold_dbfs
+        self.response_speed = float(response_speed)  # answers stream at this x real time
         self.faults = FaultState(
             expire_after=float(expire_after_s),
             expire_close_only=expire_close_only,
@@ -260,6 +263,12 @@ class DevServer(FaultMethods):
         with self._cond:
             return frozenset(self.faults.retired_models)
 
+    def take_long_answer(self) -> tuple[float, float | None] | None:
+        """The pending ``long_answer`` (seconds, speed), handed to the next response once."""
+        with self.changing():
+            pending, self.faults.long_answer = self.faults.long_answer, None
+            return pending
+
     def count(self, counter: str) -> None:
         with self.changing():
             setattr(self._counters, counter, getattr(self._counters, counter) + 1)
@@ -292,6 +301,9 @@ class DevServer(FaultMethods):
                     client_events=[dict(e) for e in r.client_events],
                     server_events=[dict(e) for e in r.server_events],
                     audio_chunks=tuple(self._audio.get(r.id, ())),
+                    responses=[resp.copy() for resp in r.responses],
+                    truncations=list(r.truncations),
+                    cancels=list(r.cancels),
                 )
                 for r in self._records
             ]
@@ -312,6 +324,8 @@ class DevServer(FaultMethods):
                 "delay_s": f.delay,
                 "expire_after_s": f.expire_after,
                 "retired_models": sorted(f.retired_models),
+                "response_speed": self.response_speed,
+                "long_answer": list(f.long_answer) if f.long_answer is not None else None,
             }
 
     def wait_for(self, predicate: Callable[[DevServer], bool], timeout: float) -> bool:
@@ -325,10 +339,10 @@ class DevServer(FaultMethods):
         url = urlsplit(request.path)
         if url.path == "/control" or url.path.startswith("/control/"):
             if not self.control:
-                return _http_response(404, {"error": "control endpoint disabled"})
+                return http_response(404, {"error": "control endpoint disabled"})
             name = url.path[len("/control") :].strip("/")
             status, body = control_request(self, name, url.query, conn)
-            return _http_response(status, body)
+            return http_response(status, body)
 
         if self.faults.blackholed and isinstance(conn, FaultConnection):
             conn.set_blackholed(True)
@@ -356,18 +370,18 @@ class DevServer(FaultMethods):
                     "param": None,
                 }
             }
-            return _http_response(status, body, extra)
+            return http_response(status, body, extra)
 
         if url.path not in REALTIME_PATHS:
-            return _http_response(404, _error_body(f"Invalid URL (GET {url.path})", None))
+            return http_response(404, error_body(f"Invalid URL (GET {url.path})", None))
 
-        key = _request_key(request.headers)
+        key = request_key(request.headers)
         if not key:
             with self.changing():
                 self._counters.handshakes_unauthorized += 1
-            return _http_response(
+            return http_response(
                 401,
-                _error_body(
+                error_body(
                     "You didn't provide an API key. Provide it in the Authorization header "
                     "(Bearer auth) or in the api-key header.",
                     "missing_api_key",
@@ -379,8 +393,8 @@ class DevServer(FaultMethods):
             with self.changing():
                 self._counters.handshakes_unauthorized += 1
             shown = key[:3] + "*" * 4 + key[-4:] if len(key) > 8 else "****"
-            return _http_response(
-                401, _error_body(f"Incorrect API key provided: {shown}.", "invalid_api_key")
+            return http_response(
+                401, error_body(f"Incorrect API key provided: {shown}.", "invalid_api_key")
             )
 
         if self.faults.model_rejects:
@@ -393,8 +407,8 @@ class DevServer(FaultMethods):
             with self.changing():
                 self._counters.handshakes_model_rejected += 1
             self.info("handshake for model %r rejected with %d (injected)", name, status)
-            return _http_response(
-                status, _error_body(model_not_found_message(name), "model_not_found")
+            return http_response(
+                status, error_body(model_not_found_message(name), "model_not_found")
             )
         return None
 
@@ -536,50 +550,3 @@ class DevServer(FaultMethods):
                 link.record.wav_path = path
         with contextlib.suppress(OSError):
             link.wav.writeframes(decode(data, fmt).astype("<i2").tobytes())
-
-
-# ---------------------------------------------------------------------------------------
-# HTTP helpers
-# ---------------------------------------------------------------------------------------
-
-
-def _request_key(headers: Headers) -> str | None:
-    auth = headers.get("Authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    api_key = headers.get("api-key")
-    if api_key and api_key.strip():
-        return api_key.strip()
-    return None
-
-
-def _error_body(message: str, code: str | None) -> JsonObj:
-    return {
-        "error": {
-            "message": message,
-            "type": "invalid_request_error",
-            "code": code,
-            "param": None,
-        }
-    }
-
-
-def _http_response(status: int, body: Any, extra: dict[str, str] | None = None) -> Response:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    payload = (json.dumps(body) + "\n").encode()
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(payload))),
-            ("Content-Type", "application/json"),
-        ]
-    )
-    for name, value in (extra or {}).items():
-        headers[name] = value
-    return Response(status, phrase, headers, payload)

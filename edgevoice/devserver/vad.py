@@ -119,6 +119,21 @@ class EnergyVad:
         self.speech_start = None
         self._floor = self.position
 
+    def force_start(self) -> int:
+        """Enter speech now, as if an onset had just been confirmed (no event is returned).
+
+        Returns where that speech begins: the current position less the prefix padding,
+        never before the last commit or clear.
+        """
+        pad = self.rate * self.prefix_padding_ms // 1000
+        begin = max(self.position - pad, self._floor, 0)
+        self.in_speech = True
+        self.speech_start = begin
+        self._onset = None
+        self._loud_run = 0
+        self._quiet_run = 0
+        return begin
+
     def feed(self, samples: npt.NDArray[np.int16]) -> list[VadEvent]:
         """Analyse more audio; returns the turn boundaries found in it."""
         if samples.size:
