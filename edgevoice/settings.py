@@ -138,7 +138,8 @@ class HealthSettings:
 
     stall_timeout_s: float = 15.0
     silence_warn_s: float = 30.0
-    status_file: str | None = None
+    # "auto": $RUNTIME_DIRECTORY/status.json under systemd, none otherwise.
+    status_file: Literal["auto"] | str | None = "auto"
     metrics_file: str | None = None
 
 
@@ -151,6 +152,14 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """The local control socket (`edgevoice ctl`)."""
+
+    # "auto": $RUNTIME_DIRECTORY/control.sock under systemd, none otherwise; null = none.
+    socket: Literal["auto"] | str | None = "auto"
+
+
+@dataclass(frozen=True)
 class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     playback: PlaybackSettings = field(default_factory=PlaybackSettings)
@@ -160,6 +169,7 @@ class Settings:
     reconnect: ReconnectSettings = field(default_factory=ReconnectSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
 
 
 # Bounds on the file itself, checked before anything is built from it.

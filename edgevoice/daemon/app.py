@@ -232,13 +232,14 @@ class Daemon:
             return
         self._last_files_at = now
         health = self.settings.health
-        if not (health.status_file or health.metrics_file):
+        status_file = status_files.runtime_path(health.status_file,
+                                                status_files.STATUS_FILE_NAME)
+        if not (status_file or health.metrics_file):
             return
         snapshot = self.status_snapshot()
         try:
-            if health.status_file:
-                status_files.write_atomic(Path(health.status_file),
-                                          status_files.status_json(snapshot))
+            if status_file:
+                status_files.write_atomic(status_file, status_files.status_json(snapshot))
             if health.metrics_file:
                 status_files.write_atomic(Path(health.metrics_file),
                                           status_files.prometheus_text(snapshot))

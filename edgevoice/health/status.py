@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,19 @@ def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | Non
         text += f"; {snapshot['reload']}"
     # Redact first: a cut inside the key would leave a piece of it.
     return redact(" ".join(text.split()))[:STATUS_LINE_MAX]
+
+
+STATUS_FILE_NAME = "status.json"
+
+
+def runtime_path(setting: str | None, name: str,
+                 environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where an "auto" runtime file lives: $RUNTIME_DIRECTORY/<name> when systemd set the
+    variable (it may list several directories: the first is ours), none otherwise."""
+    if setting is None:
+        return None
+    if setting != "auto":
+        return Path(setting)
+    env = os.environ if environ is None else environ
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime) / name if runtime else None
