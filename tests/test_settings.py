@@ -81,7 +81,7 @@ def test_yaml_booleans_for_on_off_words() -> None:
         ("audio: {queue_s: x}", "audio.queue_s: expected a number, got 'x' (str)"),
         ("audio: {wav_loop: 1}", "audio.wav_loop: expected true or false"),
         ("audio: {bogus: 1}", "audio.bogus: unknown key (allowed here: channels, chunk_ms"),
-        ("bogus: {}", "bogus: unknown key (allowed here: audio, health"),
+        ("bogus: {}", "bogus: unknown key (allowed here: audio, control, health"),
         ("audio: 3", "audio.: expected a mapping of keys, got 3 (int)"),
         ("- a\n- b", "top level: expected a mapping of keys"),
         ("server: {url: 'http://x'}", "server.url: 'http://x' must start with wss://"),
