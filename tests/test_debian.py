@@ -7,11 +7,13 @@ with pyproject.toml and systemd/edgevoice.service so that the two cannot drift a
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -231,3 +233,62 @@ def test_changelog_version_matches_pyproject() -> None:
     with (REPO / "pyproject.toml").open("rb") as fh:
         project_version = tomllib.load(fh)["project"]["version"]
     assert upstream == project_version
+
+
+# -- the man page: rendered from the argparse parser at build time ---------------------------
+
+
+def _render_manpage() -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SOURCE_DATE_EPOCH": "1763678012"}
+    proc = subprocess.run([sys.executable, "-B", str(DEBIAN / "make-manpage.py")], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_manpage_is_generated_from_the_parser_and_installed() -> None:
+    page = _render_manpage()
+    lines = page.splitlines()
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        version = tomllib.load(fh)["project"]["version"]
+    assert lines[0] == f'.TH EDGEVOICE 1 "2025-11-20" "edgevoice {version}" "User Commands"'
+    assert lines[1:3] == [".SH NAME", lines[2]] and lines[2].startswith("edgevoice \\- ")
+    from edgevoice.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert [line[4:] for line in lines if line.startswith(".SS ")] == list(commands.choices)
+    for sub in commands.choices.values():  # every option of every command is described
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option.replace("-", "\\-") in page, option
+    for section in ("SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "FILES"):
+        assert f".SH {section}" in lines
+    for code in ("0", "1", "2", "77", "78"):
+        assert f"\\fB{code}\\fR" in lines
+    # built by debian/rules, installed by dh_installman, removed by dh_clean
+    assert re.search(r"^execute_after_dh_auto_build:\n\tPYTHONPATH=\$\(CURDIR\) python3 -B "
+                     r"debian/make-manpage\.py > debian/edgevoice\.1$", _rules(), re.M)
+    assert (DEBIAN / f"{PACKAGE}.manpages").read_text().split() == ["debian/edgevoice.1"]
+    assert "debian/edgevoice.1" in (DEBIAN / "clean").read_text().split()
+    source = _deb822_paragraphs((DEBIAN / "control").read_text(encoding="utf-8"))[0]
+    assert "python3-yaml" in _relation_names(source["Build-Depends"])  # edgevoice.cli needs it
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="needs man-db")
+def test_manpage_renders_without_warnings(tmp_path: Path) -> None:
+    # What lintian's groff-message check runs.
+    page = tmp_path / "edgevoice.1"
+    page.write_text(_render_manpage())
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "MANROFFSEQ": "", "MANWIDTH": "80"}
+    proc = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(page)],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_lintian_overrides_are_explained() -> None:
+    lines = (DEBIAN / f"{PACKAGE}.lintian-overrides").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() and not line.startswith("#"):
+            assert line.startswith(f"{PACKAGE}: ")
+            assert number > 0 and lines[number - 1].startswith("#"), f"unexplained: {line}"
