@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
-from edgevoice import __version__
+import pytest
+
+from edgevoice import __version__, cli
 
 
 def edgevoice(*args: str, env: dict[str, str] | None = None,
@@ -52,8 +55,11 @@ def test_missing_api_key_exits_78_and_says_where_it_looked(tmp_path: Path) -> No
 def test_check_passes_without_printing_the_key(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("server:\n  api_key_env: EDGEVOICE_K\n")
-    result = edgevoice("check", "--config", str(config), env={"EDGEVOICE_K": "sk-abc123secret"})
-    assert result.returncode == 0 and "configuration OK" in result.stdout
+    result = edgevoice("check", "--config", str(config), "--seconds", "1",
+                       env={"EDGEVOICE_K": "sk-abc123secret"})
+    # No microphone and no server here: those checks fail (exit 1), the key's pass.
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pass  config" in result.stdout and "pass  api key" in result.stdout
     assert "sk-abc123secret" not in result.stdout + result.stderr
 
 
@@ -68,3 +74,37 @@ def test_unreachable_server_is_a_clear_line_not_a_traceback(tmp_path: Path) -> N
     assert result.returncode == 0  # it kept retrying until told to stop
     assert "connection failed: cannot connect: connection refused; retry in" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_command_prints_the_help_and_exits_2_as_a_usage_error() -> None:
+    result = edgevoice()
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: edgevoice")
+    for command in ("run", "check", "devices", "status", "devserver"):
+        assert f"\n    {command}" in result.stderr
+    assert result.stdout == ""
+    unknown = edgevoice("devices", "--no-such-option")
+    assert unknown.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in unknown.stderr
+
+
+def test_devserver_with_debian_12s_websockets_says_what_it_needs(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Debian 12's python3-websockets 10.4 imports fine but lacks websockets.asyncio: the
+    # version is checked before the devserver is imported, options and all.
+    old = types.ModuleType("websockets")
+    old.__version__ = "10.4"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "websockets", old)
+    assert cli.main(["devserver", "--port", "8765"]) == 1
+    err = capsys.readouterr().err
+    assert "needs websockets >= 13 (the 'devserver' extra), but websockets 10.4 is installed" in err
+    assert "Debian 12's python3-websockets 10.4 is too old" in err
+    assert "Traceback" not in err
+    monkeypatch.setitem(sys.modules, "websockets", None)  # not installed at all
+    assert cli.main(["devserver"]) == 1
+    assert "but websockets is not installed" in capsys.readouterr().err
+
+
+def test_devserver_with_websockets_13_or_later_is_offered() -> None:
+    result = edgevoice("devserver", "--help")
+    assert result.returncode == 0 and "--port" in result.stdout
