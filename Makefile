@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # What the build (PyAudio, systemd-python) and the tests (ALSA file PCM, espeak-ng, sox,
-# systemd-analyze, systemd-journald) need from Debian.
+# systemd-analyze, systemd-journald, promtool from prometheus) need from Debian.
 APT_PACKAGES := portaudio19-dev libsystemd-dev pkg-config gcc python3-dev python3-venv \
-	alsa-utils espeak-ng sox systemd
+	alsa-utils espeak-ng sox systemd prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck pytest bench deps venv clean deb

@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from edgevoice import __version__
-from edgevoice.commands import check, devices, status
+from edgevoice.commands import check, ctl, devices, status
 from edgevoice.commands import run as run_command
-from edgevoice.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EdgeVoiceError
+from edgevoice.errors import EXIT_FAILURE, EXIT_OK, EdgeVoiceError
 from edgevoice.health.logsetup import redact
 
 log = logging.getLogger("edgevoice")
 
 
+EXIT_USAGE = 2  # what argparse exits with for a usage error
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is not _devserver_missing:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # exits 2, as parse_args
     if not hasattr(args, "func"):
-        parser.print_help()
-        return EXIT_CONFIG
+        # No command is a usage error: the help, on stderr, and argparse's exit code.
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args))
     except EdgeVoiceError as exc:
@@ -36,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also rendered as the man page, debian/make-manpage.py)."""
     parser = argparse.ArgumentParser(
         prog="edgevoice",
         description="Stream a microphone into a Realtime speech session, reliably.",
@@ -44,14 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevoice {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    for command in (run_command, check, devices, status):
+    for command in (run_command, check, devices, status, ctl):
         command.register(sub)
 
-    devserver = sub.add_parser("devserver", help="run the local Realtime-compatible server")
-    try:
-        from edgevoice.devserver.main import add_arguments
-    except ImportError:
-        devserver.set_defaults(func=_devserver_missing)
+    devserver = sub.add_parser(
+        "devserver", help="run the local Realtime-compatible server (websockets >= 13)")
+    missing = _devserver_missing_reason()
+    if missing is None:
+        try:
+            from edgevoice.devserver.main import add_arguments
+        except ImportError as exc:
+            missing = f"edgevoice: the devserver cannot be imported: {exc}"
+    if missing is not None:
+        devserver.set_defaults(func=_devserver_missing, devserver_missing=missing)
     else:
         add_arguments(devserver)
         devserver.set_defaults(func=_cmd_devserver)
@@ -64,10 +77,34 @@ def _cmd_devserver(args: argparse.Namespace) -> int:
     return run(args)
 
 
+DEVSERVER_WEBSOCKETS = (13, 0)
+"""The devserver uses websockets' asyncio API (websockets.asyncio), new in websockets 13."""
+
+
+def _devserver_missing_reason() -> str | None:
+    """Why the devserver cannot run here (the message), or None. Checked before importing
+    it: Debian 12's python3-websockets 10.4 imports, but has no websockets.asyncio."""
+    try:
+        import websockets
+    except ImportError:
+        found_text = "websockets is not installed"
+    else:
+        version = str(getattr(websockets, "__version__", "0"))
+        found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])  # "14.0rc1"
+        if found >= DEVSERVER_WEBSOCKETS:
+            return None
+        found_text = f"websockets {version} is installed"
+    return (f"edgevoice: the devserver needs websockets >= 13 (the 'devserver' extra), but "
+            f"{found_text}. Debian 12's python3-websockets 10.4 is too old: use a virtualenv "
+            "(python3 -m venv --system-site-packages /opt/ev && /opt/ev/bin/pip install "
+            "'websockets>=13', then /opt/ev/bin/python3 -m edgevoice devserver) or "
+            "pip install 'edgevoice[devserver]'")
+
+
 def _devserver_missing(args: argparse.Namespace) -> int:
-    print("edgevoice: the devserver needs the 'devserver' extra (pip install "
-          "'edgevoice[devserver]', the 'websockets' package)", file=sys.stderr)
+    print(getattr(args, "devserver_missing", "edgevoice: the devserver is not available"),
+          file=sys.stderr)
     return EXIT_FAILURE
 
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

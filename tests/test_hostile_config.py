@@ -126,10 +126,11 @@ def _write(tmp_path: Path, case: Case) -> Path:
 def test_a_good_configuration_passes(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(KEY_LINE)
-    code, out, err, elapsed = edgevoice("check", "--config", str(path))
-    assert code == 0, err
-    assert "configuration OK" in out and err == ""
-    assert elapsed < WALL_LIMIT_S
+    code, out, err, _ = edgevoice("check", "--config", str(path), "--seconds", "1")
+    # The configuration passes; the microphone and server checks that follow have nothing
+    # to reach on a test machine, and fail with exit 1, never 78.
+    assert code in (0, 1), err
+    assert out.startswith("pass  config"), out
 
 
 @pytest.mark.parametrize(
@@ -147,11 +148,17 @@ def test_hostile_configuration_is_one_line_and_exit_78(
     assert "Traceback" not in err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].strip() and err == lines[0] + "\n", err
-    assert lines[0].startswith(f"edgevoice: {path}: "), lines[0]
+    # `check` names its failing check ("config") before the message.
+    prefix = f"edgevoice: config: {path}: " if command == "check" else f"edgevoice: {path}: "
+    assert lines[0].startswith(prefix), lines[0]
     assert expected in lines[0], lines[0]
     assert len(lines[0]) < 400, lines[0]
     assert "pass@" not in err and "X-Evil" not in err  # secrets and values are not echoed
-    assert out == ""
+    if command == "check":  # the verdicts on stdout: config failed, the rest skipped
+        assert out.startswith("fail  config"), out
+        assert "pass@" not in out and "X-Evil" not in out
+    else:
+        assert out == ""
     assert elapsed < WALL_LIMIT_S, f"{elapsed:.2f} s"
 
 

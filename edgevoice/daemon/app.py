@@ -10,8 +10,10 @@ here, part by part, as the table in README.md says.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +24,16 @@ from edgevoice.compose import Parts
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
 from edgevoice.daemon.capture_worker import CaptureConfig, CaptureWorker
+from edgevoice.daemon.control import (
+    ControlError,
+    ControlServer,
+    Reply,
+    Request,
+    mute_state_path,
+    read_mute_state,
+    resolve_socket,
+    write_mute_state,
+)
 from edgevoice.daemon.stats import Stats, register_counters
 from edgevoice.daemon.supervisor import Supervisor
 from edgevoice.daemon.uplink import Uplink
@@ -41,6 +53,10 @@ log = logging.getLogger("edgevoice")
 STATUS_FILE_EVERY_S = 2.0
 BYTES_PER_S = protocol.INPUT_RATE * 2  # 24 kHz mono PCM16
 CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
+CONTROL_STOP_S = 1.0
+SAY_MAX_CHARS = 2000
+SAY_INSTRUCTION = ("Say the following to the user, exactly as written, in your own voice, "
+                   "and nothing else: ")
 
 
 class SignalFlags(Protocol):
@@ -50,6 +66,16 @@ class SignalFlags(Protocol):
 
 def outage_chunks(settings: Settings) -> int:
     return max(1, int(settings.stream.outage_buffer_s * 1000 / settings.audio.chunk_ms))
+
+
+def say_events(text: str) -> list[dict[str, Any]]:
+    """`edgevoice ctl say TEXT`: a system message asking the assistant to say TEXT (GA
+    `conversation.item.create`, RealtimeConversationItemSystemMessage), then a response."""
+    item = {"type": "message", "role": "system",
+            "content": [{"type": "input_text", "text": SAY_INSTRUCTION + json.dumps(text)}]}
+    return [{"type": "conversation.item.create", "event_id": protocol.new_event_id(),
+             "item": item},
+            {"type": "response.create", "event_id": protocol.new_event_id()}]
 
 
 class Daemon:
@@ -72,6 +98,9 @@ class Daemon:
         self._dispatcher = new_dispatcher()
         self._event_log.register(self._dispatcher)
         register_counters(self._dispatcher, self.stats)
+        self._control: ControlServer | None = None
+        self._mute_lock = threading.Lock()
+        self._mute_file: Path | None = None
 
     # -- building ------------------------------------------------------------------------
 
@@ -102,6 +131,9 @@ class Daemon:
     def _count_dropped(self, chunks: int) -> None:
         self.stats.add("chunks_dropped_outage", chunks)
 
+    def _count_mute_dropped(self, chunks: int) -> None:
+        self.stats.add("chunks_dropped_muted", chunks)
+
     def _count_malformed(self, kind: str) -> None:
         self.stats.add("malformed_frames")
 
@@ -116,8 +148,10 @@ class Daemon:
                                       s.session.transcription_model):
             log.warning("%s", retirement.warning(),
                         extra={"edgevoice": {"EVENT": "model_deprecated"}})
-        backlog = ChunkBacklog(outage_chunks(s), on_drop=self._count_dropped)
+        backlog = ChunkBacklog(outage_chunks(s), on_drop=self._count_dropped,
+                               on_mute_drop=self._count_mute_dropped)
         self._backlog = backlog
+        self._restore_mute(s)
         self._capture = CaptureWorker(
             self._capture_config(s), backlog, self.stats,
             reopen_backoff=Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
@@ -146,12 +180,14 @@ class Daemon:
                  "WAV " + s.audio.wav_file if s.audio.wav_file else f"device {s.audio.device!r}",
                  s.server.url, s.server.model, s.session.mode)
         self._supervisor.start_workers()
+        self._start_control(s)
         # Settings valid, key found, workers started: ready, whatever the network or the
         # microphone do (they are waited for, with the watchdog still fed).
         self._notifier.ready()
         try:
             code = self._supervisor.run()
         finally:
+            self._stop_control()
             self._parts.release()
         self._send_stopping()
         self._write_files(force=True)
@@ -161,6 +197,8 @@ class Daemon:
     def _tick(self) -> None:
         if self._signals.stop:
             self._send_stopping()
+            if self._control is not None:
+                self._control.request_stop()  # stops alongside the others
             self._supervisor.request_stop()
         if self._signals.reload:
             self._signals.reload = False
@@ -215,6 +253,94 @@ class Daemon:
             seconds_streamed=round(snap["counters"]["audio_bytes_sent"] / BYTES_PER_S, 2),
         )
         return snap
+
+    # -- control socket and mute --------------------------------------------------------
+
+    def _start_control(self, settings: Settings) -> None:
+        path = resolve_socket(settings.control.socket)
+        if path is None:
+            return
+        commands = {"mute": self._cmd_mute, "unmute": self._cmd_unmute, "say": self._cmd_say,
+                    "status": self._cmd_status}
+        control = ControlServer(path, commands, clock=self._clock)
+        try:
+            control.start()
+        except OSError as exc:
+            # The daemon streams on without it: the socket is a convenience, not its job.
+            log.error("control socket %s unavailable, `edgevoice ctl` will not reach this "
+                      "daemon: %s", path, exc,
+                      extra={"edgevoice": {"EVENT": "control.unavailable"}})
+            return
+        self._control = control
+
+    def _stop_control(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.stop(CONTROL_STOP_S)
+
+    def _restore_mute(self, settings: Settings) -> None:
+        """Start muted if the state file says so (before capture starts: nothing leaks)."""
+        self._mute_file = mute_state_path(resolve_socket(settings.control.socket))
+        if read_mute_state(self._mute_file):
+            self._backlog.set_muted(True)
+            self.stats.set(muted=True)
+            log.warning("starting muted (%s): no microphone audio leaves the device until "
+                        "`edgevoice ctl unmute`", self._mute_file,
+                        extra={"edgevoice": {"EVENT": "muted"}})
+
+    def set_muted(self, muted: bool) -> Reply:
+        """Mute: queued audio and the audio kept for a replay are dropped at once, capture
+        goes on but queues nothing, the server's uncommitted input is cleared. Kept in the
+        state file, so it outlives a reload and a restart."""
+        with self._mute_lock:
+            was = self._backlog.muted
+            dropped = self._backlog.set_muted(muted)
+            forgotten = self._uplink.forget_audio() if muted else 0
+            if muted and not was:
+                # What the server holds of a turn begun before the mute is not committed.
+                self._uplink.submit({"type": "input_audio_buffer.clear",
+                                     "event_id": protocol.new_event_id()}, None, urgent=True)
+            self.stats.set(muted=muted)
+            reply: Reply = {"muted": muted, "changed": muted != was, "dropped_chunks": dropped,
+                            "forgotten_replay_chunks": forgotten,
+                            "state_file": str(self._mute_file) if self._mute_file else None}
+            try:
+                write_mute_state(self._mute_file, muted)
+            except OSError as exc:
+                reply["warning"] = f"the state is not kept across a restart: {exc}"
+                log.error("cannot keep the mute state in %s: %s", self._mute_file, exc)
+        log.warning("%s by the control socket (%d queued chunks dropped)",
+                    "muted" if muted else "unmuted", dropped,
+                    extra={"edgevoice": {"EVENT": "muted" if muted else "unmuted"}})
+        return reply
+
+    def _cmd_mute(self, request: Request) -> Reply:
+        return self.set_muted(True)
+
+    def _cmd_unmute(self, request: Request) -> Reply:
+        return self.set_muted(False)
+
+    def _cmd_status(self, request: Request) -> Reply:
+        return {"status": status_files.redact_data(self.status_snapshot())}
+
+    def _cmd_say(self, request: Request) -> Reply:
+        text = request.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ControlError("say needs a text")
+        text = " ".join(text.split())
+        if len(text) > SAY_MAX_CHARS:
+            raise ControlError(f"say: the text is longer than {SAY_MAX_CHARS} characters")
+        if self.settings.session.mode != "conversation":
+            raise ControlError("say needs session.mode: conversation (this daemon only "
+                               "transcribes; there is no assistant to speak)")
+        target = self._uplink.target
+        if target is None or target.failed.is_set():
+            state = self.stats.snapshot()["state"]
+            raise ControlError(f"no session to speak through (the daemon is {state}); "
+                               "try again once it streams")
+        for event in say_events(text):
+            self._uplink.submit(event, None, urgent=True)
+        return {"session": target.session_id}
 
     def _update_status(self) -> None:
         target = self._uplink.target
@@ -277,6 +403,10 @@ class Daemon:
         if new.logging != old.logging:
             setup_logging(new.logging.level, new.logging.journald)
             self._event_log.log_all_events = new.logging.log_all_events
+        if new.control != old.control:
+            self._stop_control()
+            self._start_control(new)
+            self._move_mute_file(new)
         if new.stream.outage_buffer_s != old.stream.outage_buffer_s or \
                 new.audio.chunk_ms != old.audio.chunk_ms:
             self._backlog.resize(outage_chunks(new))
@@ -303,6 +433,20 @@ class Daemon:
                                       else None, new.session.transcription_model):
             log.warning("%s", retirement.warning(),
                         extra={"edgevoice": {"EVENT": "model_deprecated"}})
+
+    def _move_mute_file(self, new: Settings) -> None:
+        """The socket moved (and with it the state file, outside systemd): keep the state."""
+        path = mute_state_path(resolve_socket(new.control.socket))
+        if path == self._mute_file:
+            return
+        with self._mute_lock:
+            old, self._mute_file = self._mute_file, path
+            try:
+                write_mute_state(path, self._backlog.muted)
+                if old is not None:
+                    write_mute_state(old, False)
+            except OSError as exc:
+                log.error("cannot keep the mute state in %s: %s", path, exc)
 
     # -- the end -------------------------------------------------------------------------
 

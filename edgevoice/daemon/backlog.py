@@ -10,6 +10,11 @@ what gets replayed.
 The urgent lane carries events that interrupt (`response.cancel`, a truncate, a clear, the
 stall probe, a reload's `session.update`, a new session's configuration): they go ahead of
 every queued chunk, so they never wait behind an outage replay.
+
+Muted (`edgevoice ctl mute`), the backlog holds no audio at all: `set_muted(True)` drops
+every queued chunk at once, and while muted `put` and `push_front` refuse audio chunks (the
+capture worker counts what it could not queue, `on_mute_drop` is told of chunks dropped
+here). Control events still pass.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ QueuedItem = AudioChunk | ClientEvent
 
 class ChunkBacklog:
     def __init__(self, max_chunks: int,
-                 on_drop: Callable[[int], None] | None = None) -> None:
+                 on_drop: Callable[[int], None] | None = None,
+                 on_mute_drop: Callable[[int], None] | None = None) -> None:
         if max_chunks < 1:
             raise ValueError(f"backlog needs room for at least one chunk, got {max_chunks}")
         self._max = max_chunks
@@ -61,6 +67,31 @@ class ChunkBacklog:
         self._woken = False
         self.dropped = 0  # chunks lost because the buffer was full
         self._on_drop = on_drop  # told of every drop (the chunks_dropped_outage counter)
+        self._on_mute_drop = on_mute_drop  # told of audio dropped because of the mute
+        self._muted = False
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    def set_muted(self, muted: bool) -> int:
+        """Mute or unmute; muting drops every queued audio chunk at once: returns how many
+        (also told to `on_mute_drop`). Queued control events stay."""
+        with self._cond:
+            self._muted = muted
+            if not muted:
+                return 0
+            kept = [item for item in self._chunks if not isinstance(item, AudioChunk)]
+            dropped = len(self._chunks) - len(kept)
+            if dropped:
+                self._chunks = deque(kept)
+                self._mute_dropped(dropped)
+            return dropped
+
+    def _mute_dropped(self, n: int) -> None:
+        """Called with the lock held."""
+        if self._on_mute_drop is not None:
+            self._on_mute_drop(n)
 
     @property
     def max_chunks(self) -> int:
@@ -74,13 +105,17 @@ class ChunkBacklog:
                 self._chunks.popleft()
                 self._dropped(1)
 
-    def put(self, item: QueuedItem) -> None:
+    def put(self, item: QueuedItem) -> bool:
+        """Queue `item`; False (not queued) for an audio chunk while muted."""
         with self._cond:
+            if self._muted and isinstance(item, AudioChunk):
+                return False
             if len(self._chunks) >= self._max:
                 self._chunks.popleft()
                 self._dropped(1)
             self._chunks.append(item)
             self._cond.notify()
+            return True
 
     def put_urgent(self, event: ClientEvent) -> None:
         with self._cond:
@@ -95,6 +130,9 @@ class ChunkBacklog:
         """Give back items that could not be sent, to be sent first next time."""
         with self._cond:
             for chunk in reversed(list(chunks)):
+                if self._muted and isinstance(chunk, AudioChunk):
+                    self._mute_dropped(1)  # audio given back while muted never goes out
+                    continue
                 if len(self._chunks) >= self._max:
                     self._dropped(1)  # the oldest is the one being given back: drop it
                     continue

@@ -10,6 +10,10 @@ Waiting for a device that is not there (a USB microphone that enumerates late, o
 unplugged) is healthy: the worker keeps beating while it waits, every attempt is logged
 (the first few one by one, then one line a minute with the count), and `waiting` says
 what it waits for, for the status line.
+
+Muted (`edgevoice ctl mute`: the backlog refuses audio) the worker goes on reading, so the
+device stays open and the watchdog fed; the chunks it cuts are counted (`chunks_muted`) and
+thrown away.
 """
 
 from __future__ import annotations
@@ -223,12 +227,17 @@ class CaptureWorker(Worker):
             piece = pending[start:start + n]
             start += n
             level = rms_dbfs(piece)
-            self._backlog.put(AudioChunk(piece.tobytes(), level, captured_at, self._seq))
+            if not self._backlog.put(AudioChunk(piece.tobytes(), level, captured_at,
+                                                self._seq)):
+                self._stats.add("chunks_muted")  # muted: captured, never queued
             self._seq += 1
             self._stats.add("chunks_captured")
             self._stats.add("audio_bytes_captured", piece.nbytes)
             self._stats.set(capture_level_dbfs=round(level, 1))
-        self._pending = pending[start:].copy()
+        # Muted, the part of a chunk left over is dropped too: no sample captured while
+        # muted goes out with the first chunk after an unmute.
+        self._pending = (np.zeros(0, dtype=np.int16) if self._backlog.muted
+                         else pending[start:].copy())
 
     def _close_source(self) -> None:
         source, self._source = self._source, None

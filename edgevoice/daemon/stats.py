@@ -40,6 +40,8 @@ class Counters:
     malformed_frames: int = 0  # server frames skipped as unusable (never fatal)
     send_timeouts: int = 0  # sends that did not drain: sessions failed as silent
     audio_bytes_captured: int = 0  # 24 kHz mono PCM16 bytes cut into chunks
+    chunks_muted: int = 0  # captured while muted: never queued, never sent
+    chunks_dropped_muted: int = 0  # queued (not yet sent) audio dropped by a mute
 
 
 # Why a streaming session ended (the supervisor's classification of the failure).
@@ -70,6 +72,7 @@ class Stats:
     waiting: str = ""  # what capture waits for ("waiting for microphone 'USB' ...")
     reload: str = ""  # the last reload's rejection by the server, until the next session
     capture_level_dbfs: float | None = None  # RMS of the last captured chunk
+    muted: bool = False  # `edgevoice ctl mute`: no microphone audio leaves the device
     reconnect_reasons: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(RECONNECT_REASONS, 0))
     server_error_codes: dict[str, int] = field(default_factory=dict)
@@ -110,6 +113,7 @@ class Stats:
                 "waiting": self.waiting,
                 "reload": self.reload,
                 "capture_level_dbfs": self.capture_level_dbfs,
+                "muted": self.muted,
                 "counters": asdict(self.counters),
                 "reconnects_by_reason": dict(self.reconnect_reasons),
                 "server_errors_by_code": dict(self.server_error_codes),

@@ -96,6 +96,16 @@ class Uplink(Worker):
                 return True
             return False
 
+    def forget_audio(self) -> int:
+        """A mute: forget the audio kept for a replay (it must not go out again, to the
+        next session); returns how many chunks. Sent control events are kept."""
+        with self._lock:
+            kept = [(at, item) for at, item in self._sent if not isinstance(item, AudioChunk)]
+            forgotten = len(self._sent) - len(kept)
+            self._sent.clear()
+            self._sent.extend(kept)
+            return forgotten
+
     def take_retired(self) -> SessionLink | None:
         with self._lock:
             old, self._retired = self._retired, None
@@ -143,6 +153,9 @@ class Uplink(Worker):
             return
         if isinstance(item, ClientEvent) and item.urgent:
             self._send_urgent(item, target)
+            return
+        if isinstance(item, AudioChunk) and self._backlog.muted:
+            self._stats.add("chunks_dropped_muted")  # taken just before the mute
             return
         with self._lock:
             if isinstance(item, AudioChunk):

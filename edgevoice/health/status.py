@@ -1,4 +1,5 @@
-"""Status file (JSON) and Prometheus textfile metrics, both replaced atomically.
+"""Status file (JSON) and Prometheus textfile metrics (made by ``health/metrics.py``), both
+replaced atomically.
 
 Readers (`edgevoice status`, node_exporter's textfile collector) must never see a half
 written file, so each write goes to a temporary file in the same directory and is renamed.
@@ -8,7 +9,8 @@ Nothing secret leaves through these files: every text passes the log's redaction
 carries error texts (a server's error message can echo the key), so it is written
 ``STATUS_FILE_MODE`` (0640: the owner and the service's group, ``edgevoice`` in the packaged
 unit, never other users). Only text marked public (:class:`PublicText`, what
-:func:`prometheus_text` returns: counter values, no free text) is written 0644.
+:func:`edgevoice.health.metrics.metrics_text` returns: numbers and labels from fixed sets,
+no free text) is written 0644.
 """
 
 from __future__ import annotations
@@ -82,15 +84,10 @@ def status_json(snapshot: dict[str, Any]) -> str:
 
 
 def prometheus_text(snapshot: dict[str, Any]) -> PublicText:
-    lines = []
-    for name, value in sorted(snapshot["counters"].items()):
-        metric = f"edgevoice_{name}_total"
-        lines.append(f"# TYPE {metric} counter")
-        lines.append(f"{metric} {value}")
-    state = snapshot.get("state", "")
-    lines.append("# TYPE edgevoice_streaming gauge")
-    lines.append(f"edgevoice_streaming {1 if state == 'streaming' else 0}")
-    return PublicText(redact("\n".join(lines) + "\n"))
+    """The metrics text: :func:`edgevoice.health.metrics.metrics_text` (kept for callers)."""
+    from edgevoice.health.metrics import metrics_text  # it imports this module
+
+    return metrics_text(snapshot)
 
 
 def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | None) -> str:
@@ -113,6 +110,7 @@ def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | Non
         text = f"{state}: {waiting or rates}"
         if snapshot.get("last_error") and not waiting:
             text += f", last error: {snapshot['last_error']}"
+    text += ", muted" if snapshot.get("muted") else ""
     if snapshot.get("reload"):
         text += f"; {snapshot['reload']}"
     # Redact first: a cut inside the key would leave a piece of it.

@@ -275,8 +275,9 @@ class RealtimeSession:
 
     def send_event(self, event: dict[str, Any]) -> None:
         """Called by the sender thread only; remembers the type to explain server errors."""
+        event_id = event.setdefault("event_id", protocol.new_event_id())
         with self._lock:
-            self._sent_types[event["event_id"]] = event["type"]
+            self._sent_types[event_id] = str(event.get("type", "?"))
             while len(self._sent_types) > SENT_TYPES_KEPT:
                 self._sent_types.popitem(last=False)
         self._transport.send_event(event)
