@@ -91,6 +91,7 @@ class Daemon:
         self._stopping_sent = False
         self._last_status = ""
         self._last_files_at = 0.0
+        self._files_error = ""
         self._audio_expected = False
         self._api_key = ""
         self.url_override: str | None = None
@@ -370,7 +371,17 @@ class Daemon:
                 status_files.write_atomic(Path(health.metrics_file),
                                           status_files.prometheus_text(snapshot))
         except OSError as exc:
-            log.warning("cannot write status/metrics file: %s", exc)
+            # Once per distinct problem (every 2 s would flood the journal), and once more
+            # when writing works again.
+            text = str(exc)
+            if text != self._files_error:
+                self._files_error = text
+                log.warning("cannot write status/metrics file: %s", text,
+                            extra={"edgevoice": {"EVENT": "status_file_failed"}})
+        else:
+            if self._files_error:
+                self._files_error = ""
+                log.info("status/metrics files written again")
 
     # -- reload --------------------------------------------------------------------------
 
