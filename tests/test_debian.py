@@ -12,13 +12,18 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
 from unit_file import unit_directives
+
+from edgevoice.settings import Settings, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN = REPO / "debian"
@@ -162,10 +167,27 @@ def test_rules_installs_the_config_the_unit_reads_as_a_conffile() -> None:
     argv = shlex.split(exec_start.lstrip("-@:+!"))
     config_path = argv[argv.index("--config") + 1]
     assert config_path.startswith("/etc/")  # everything under /etc is a conffile
-    target = f"debian/{PACKAGE}{config_path}"
-    assert re.search(
-        rf"^\tinstall -D -m 0?644 config/edgevoice\.yaml {re.escape(target)}\s*$", _rules(), re.M
-    ), f"debian/rules does not install config/edgevoice.yaml as {config_path} (0644)"
+    # Run the recipe itself (make, in a scratch tree): the conffile is the reference
+    # configuration with the metrics sent to node_exporter's textfile directory.
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = Path(scratch)
+        (tree / "config").mkdir()
+        (tree / "debian").mkdir()
+        shutil.copy(REPO / "config" / "edgevoice.yaml", tree / "config" / "edgevoice.yaml")
+        shutil.copy(DEBIAN / "rules", tree / "debian" / "rules")
+        subprocess.run(["make", "-s", "-f", "debian/rules", "execute_after_dh_install"],
+                       cwd=tree, check=True, timeout=60)
+        installed = tree / "debian" / PACKAGE / config_path.lstrip("/")
+        assert stat.S_IMODE(installed.stat().st_mode) == 0o644
+        text = installed.read_text(encoding="utf-8")
+    reference = (REPO / "config" / "edgevoice.yaml").read_text(encoding="utf-8")
+    assert text == reference.replace(
+        "  metrics_file: null\n",
+        "  metrics_file: /var/lib/prometheus/node-exporter/edgevoice.prom\n")
+    assert text != reference
+    shipped = parse_settings(text)
+    assert shipped.health.metrics_file == "/var/lib/prometheus/node-exporter/edgevoice.prom"
+    assert replace(shipped, health=replace(shipped.health, metrics_file=None)) == Settings()
     examples = (DEBIAN / f"{PACKAGE}.examples").read_text(encoding="utf-8").split()
     assert "config/edgevoice.yaml" in examples
 
