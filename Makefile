@@ -4,9 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # What the build (PyAudio, systemd-python) and the tests (ALSA file PCM, espeak-ng, sox,
-# systemd-analyze, systemd-journald, promtool from prometheus) need from Debian.
+# systemd-analyze, systemd-journald, promtool from prometheus, pipewire to load the
+# echo-cancel drop-in) need from Debian.
 APT_PACKAGES := portaudio19-dev libsystemd-dev pkg-config gcc python3-dev python3-venv \
-	alsa-utils espeak-ng sox systemd prometheus
+	alsa-utils espeak-ng sox systemd prometheus pipewire-bin libpipewire-0.3-modules \
+	libspa-0.2-modules
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck pytest bench deps venv clean deb

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgevoice.audio.source import AudioSource
 from edgevoice.clock import Clock
@@ -18,7 +18,7 @@ from edgevoice.credentials import load_api_key
 from edgevoice.health.notify import Notifier, make_notifier
 from edgevoice.realtime import protocol
 from edgevoice.realtime.transport import Transport, WebSocketTransport
-from edgevoice.settings import AudioSettings, ServerSettings
+from edgevoice.settings import AudioSettings, PlaybackSettings, ServerSettings
 
 if TYPE_CHECKING:
     from edgevoice.audio.portaudio_host import PortAudioHost
@@ -31,6 +31,8 @@ class Parts:
     make_source: Callable[[AudioSettings], AudioSource]
     # (server settings, session mode, API key) -> an unconnected transport
     make_transport: Callable[[ServerSettings, str, str], Transport]
+    # playback settings -> the speaker (opened later by the playback worker)
+    make_sink: Callable[[PlaybackSettings], Any] = field(default=lambda p: None)
     clock: Clock = time.monotonic
     wall_clock: Clock = time.time
     release: Callable[[], None] = field(default=lambda: None)  # at exit: PortAudio
@@ -61,6 +63,20 @@ class _Audio:
             host=self._host,
         )
 
+    def make_sink(self, playback: PlaybackSettings) -> Any:
+        from edgevoice.audio.portaudio_host import PortAudioHost
+        from edgevoice.audio.pyaudio_sink import PyAudioSink
+
+        if self._host is None:
+            self._host = PortAudioHost()
+        return PyAudioSink(
+            device=playback.device,
+            rate=None if playback.rate == "auto" else playback.rate,
+            prebuffer_ms=playback.prebuffer_ms,
+            buffer_s=playback.buffer_s,
+            host=self._host,
+        )
+
     def release(self) -> None:
         if self._host is not None:
             self._host.terminate()
@@ -86,5 +102,6 @@ def build_parts() -> Parts:
         load_api_key=load_api_key,
         make_source=audio.make_source,
         make_transport=make_transport,
+        make_sink=audio.make_sink,
         release=audio.release,
     )

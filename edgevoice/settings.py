@@ -71,7 +71,17 @@ class PlaybackSettings:
     enabled: bool = False
     device: str | int = "default"
     rate: Literal["auto"] | int = "auto"
-    buffer_s: float = 5.0
+    # Answer audio arrives faster than it plays: room for a long answer, in seconds.
+    buffer_s: float = 60.0
+    # Audio queued before an answer starts playing: its start is never clipped.
+    prebuffer_ms: int = 80
+    # half_duplex: the microphone is not streamed while the speaker plays (and echo_tail_ms
+    # after); none: stream everything (headset, hardware or PipeWire echo cancellation).
+    echo: Literal["half_duplex", "none"] = "half_duplex"
+    echo_tail_ms: int = 300
+    # Local barge-in: a voice this many dB above the echo estimate stops the answer;
+    # null leaves barge-in to the server's VAD.
+    barge_in_db: float | None = 12.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,9 @@ class SessionSettings:
     transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
     language: str | None = None
     noise_reduction: Literal["near_field", "far_field", "none"] = "none"
+    # User and assistant turns re-sent (as text) to a new session after a rollover or a
+    # reconnect, so the assistant still knows what was said; 0 = none.
+    carry_turns: int = 4
 
 
 @dataclass(frozen=True)
@@ -187,7 +200,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "audio.queue_s": (0.1, 60),
     "playback.device": (0, 1023),
     "playback.rate": (8000, 192000),
-    "playback.buffer_s": (0.2, 60),
+    "playback.buffer_s": (0.2, 600),
+    "playback.prebuffer_ms": (0, 2000),
+    "playback.echo_tail_ms": (0, 5000),
+    "playback.barge_in_db": (0, 60),
+    "session.carry_turns": (0, 50),
     "server.connect_timeout_s": (0.1, 300),
     "server.socket_timeout_s": (0.05, 30),
     "server.ping_interval_s": (0.1, 3600),
@@ -494,10 +511,10 @@ def _number(value: object) -> str:
 
 
 def check_settings(s: Settings) -> None:
-    if s.playback.enabled:
+    if s.playback.enabled and s.session.mode != "conversation":
         raise ConfigError(
-            "playback.enabled: true is not supported yet (answers are received and counted "
-            "but not played); set it to false"
+            "playback.enabled: true needs session.mode: conversation (a transcription "
+            "session has no answers to play)"
         )
     if s.session.turn_detection == "none":
         raise ConfigError(

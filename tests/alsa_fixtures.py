@@ -25,12 +25,37 @@ are described, with what was found out about alsa-lib and PortAudio, in the docs
   after its end, stale data repeats; it always has enough data, so plug's read-ahead does
   not hurt it. The null slave never reports an xrun, so PortAudio's ``paInputOverflow``
   cannot be provoked with this PCM.
+
+``fake_speaker`` is the playback counterpart (PCM ``edgevoice_speaker``, a ``type plug``
+over a ``type file`` with ``format "wav"``, a FIFO as ``file`` and a null slave), read in
+real time by a ``SpeakerReader`` thread that records what arrived and when::
+
+    with fake_speaker(tmp_path, rate=48000) as spk:      # os.environ points at spk.env
+        sink = PyAudioSink(spk.device)
+        ...
+        spk.reader.current.mono()                          # what the speaker received
+    # microphone and speaker in one ALSA config:
+    with fake_speaker(d / "spk", rate=48000, set_environ=False) as spk, \
+            fake_microphone(d / "mic", ..., extra_config=spk.config_text) as mic: ...
+
+Checked (alsa-lib 1.2.8, PortAudio 19.6): ``aplay`` of 3 s at 48 kHz took 2.97 s and the
+reader got it byte-exact, arriving over 3.05 s. The reader holds the FIFO ``O_RDWR`` from
+before PortAudio enumerates (so no ``open(2)`` of the PCM ever blocks) and never sees end of
+file: a reopened stream is found by its new WAV header. Audio the callback produced reaches
+the reader about 60 ms later than PortAudio's reported output latency says (20 ms at
+48 kHz): the null slave takes each period at once, so the data waits in the file plugin's
+write buffer and the pipe (4096 bytes, shrunk with F_SETPIPE_SZ) where PortAudio cannot see
+it. A real card has no such hidden buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import select
+import threading
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -185,3 +210,246 @@ pcm.edgevoice_broken {
     slave.pcm "edgevoice_no_such_pcm"
 }
 """
+
+
+# -- a fake speaker: an ALSA ``type file`` playback PCM written into a paced FIFO -------------
+
+SPEAKER_PCM_NAME = "edgevoice_speaker"
+_F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_WAV_HEADER = 44
+
+
+def speaker_config_text(fifo: str | Path, rate: int, channels: int,
+                        pcm_name: str = SPEAKER_PCM_NAME) -> str:
+    """The speaker's PCM alone (no ``<alsa.conf>`` include): pass it as ``extra_config`` of
+    ``fake_microphone`` to have both in one ALSA_CONFIG_PATH."""
+    if '"' in str(fifo) or "\\" in str(fifo):
+        raise ValueError(f"unsupported characters in {fifo!s}")
+    return f"""
+pcm.{pcm_name} {{
+    type plug
+    slave {{
+        pcm {{
+            type file
+            slave.pcm null
+            file "{fifo}"
+            format "wav"
+        }}
+        rate {int(rate)}
+        channels {int(channels)}
+        format S16_LE
+    }}
+    hint.description "edgevoice file speaker"
+}}
+"""
+
+
+@dataclass
+class SpeakerSegment:
+    """What the speaker received between two WAV headers (one open of the stream)."""
+
+    rate: int
+    channels: int
+    blocks: list[npt.NDArray[np.int16]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # monotonic time each block arrived
+    frames: int = 0
+
+    def samples(self) -> npt.NDArray[np.int16]:
+        """Interleaved frames as (n, channels)."""
+        if not self.blocks:
+            return np.zeros((0, self.channels), dtype=np.int16)
+        return np.concatenate(self.blocks).reshape(-1, self.channels)
+
+    def mono(self) -> npt.NDArray[np.int16]:
+        return self.samples()[:, 0].copy()
+
+    def arrival_times(self) -> npt.NDArray[np.float64]:
+        """Arrival time of every frame (that of the block it came in)."""
+        sizes = [b.size // self.channels for b in self.blocks]
+        return np.repeat(np.asarray(self.times, dtype=np.float64), sizes)
+
+
+class SpeakerReader(threading.Thread):
+    """Reads the speaker FIFO at the byte rate of the WAV header it found, like a sound card.
+
+    Holds the FIFO open ``O_RDWR`` from before ``start()`` returns until ``stop()``, so
+    alsa-lib's ``open(2)`` of the file never blocks (PortAudio opens every PCM while it
+    enumerates and probes) and its writes never fail; it therefore never sees end of file
+    and finds a reopened stream by its new WAV header (``RIFF....WAVEfmt `` at a frame
+    boundary). Before the first header, or while no data comes, nothing is paced.
+    """
+
+    def __init__(self, fifo: Path, *, block_ms: int = 10) -> None:
+        super().__init__(name=f"speaker-{fifo.name}", daemon=True)
+        self.fifo = fifo
+        self.block_ms = block_ms
+        self.segments: list[SpeakerSegment] = []
+        self.error: BaseException | None = None
+        self.pipe_size = 0
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._fd = -1
+
+    def start(self) -> None:
+        self._fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, 4096)
+        self.pipe_size = fcntl.fcntl(self._fd, fifo_mic._F_GETPIPE_SZ)
+        super().start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        self._stop_event.set()
+        self.join(timeout)
+        if self._fd >= 0 and not self.is_alive():
+            os.close(self._fd)
+            self._fd = -1
+        return not self.is_alive()
+
+    @property
+    def current(self) -> SpeakerSegment | None:
+        with self._lock:
+            return self.segments[-1] if self.segments else None
+
+    def received_frames(self) -> int:
+        seg = self.current
+        return seg.frames if seg is not None else 0
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - reported by check()
+            self.error = exc
+
+    def _loop(self) -> None:
+        pending = b""
+        seg: SpeakerSegment | None = None
+        due = 0.0  # when the next read may happen (pacing)
+        while not self._stop_event.is_set():
+            frame_bytes = 2 * seg.channels if seg else 2
+            byte_rate = seg.rate * frame_bytes if seg else 0
+            now = time.monotonic()
+            if seg is not None and due > now:
+                time.sleep(due - now)
+            ready, _, _ = select.select([self._fd], [], [], 0.05)
+            if not ready:
+                due = 0.0  # starved: a real card would underrun; restart the pacing
+                if seg is not None and pending:  # nothing more is coming: no header held
+                    whole = len(pending) // frame_bytes * frame_bytes
+                    self._add(seg, pending[:whole], time.monotonic())
+                    pending = pending[whole:]
+                continue
+            want = byte_rate * self.block_ms // 1000 // frame_bytes * frame_bytes
+            try:
+                data = os.read(self._fd, max(want, frame_bytes) if seg else 4096)
+            except BlockingIOError:
+                continue
+            arrived = time.monotonic()
+            if seg is not None:
+                late = not due or arrived > due + 0.05
+                due = (arrived if late else due) + len(data) / byte_rate
+            pending += data
+            while (header := self._find_header(pending, frame_bytes)) is not None:
+                start, rate, channels = header
+                if seg is not None:
+                    self._add(seg, pending[:start], arrived)
+                seg = SpeakerSegment(rate=rate, channels=channels)
+                with self._lock:
+                    self.segments.append(seg)
+                pending = pending[start + _WAV_HEADER:]
+                frame_bytes = 2 * channels
+                due = 0.0
+            # hold back a header's length: a header may be split across two reads
+            keep = max(0, len(pending) - _WAV_HEADER) // frame_bytes * frame_bytes
+            if seg is not None and keep:
+                self._add(seg, pending[:keep], arrived)
+                pending = pending[keep:]
+            elif seg is None:
+                pending = pending[-_WAV_HEADER:]
+
+    @staticmethod
+    def _find_header(data: bytes, step: int) -> tuple[int, int, int] | None:
+        pos = data.find(b"RIFF")
+        while pos >= 0:
+            if pos % step == 0 and len(data) >= pos + _WAV_HEADER:
+                if data[pos + 8:pos + 16] == b"WAVEfmt ":
+                    channels = int.from_bytes(data[pos + 22:pos + 24], "little")
+                    rate = int.from_bytes(data[pos + 24:pos + 28], "little")
+                    return pos, rate, channels
+            elif len(data) < pos + _WAV_HEADER:
+                return None
+            pos = data.find(b"RIFF", pos + 1)
+        return None
+
+    def _add(self, seg: SpeakerSegment, data: bytes, arrived: float) -> None:
+        usable = len(data) // (2 * seg.channels) * (2 * seg.channels)
+        if not usable:
+            return
+        block = np.frombuffer(data[:usable], dtype="<i2").astype(np.int16)
+        with self._lock:
+            seg.blocks.append(block)
+            seg.times.append(arrived)
+            seg.frames += block.size // seg.channels
+
+
+@dataclass
+class FakeSpeaker:
+    """What ``fake_speaker`` yields."""
+
+    env: dict[str, str]
+    device: str
+    reader: SpeakerReader
+    config_path: Path
+    config_text: str
+    fifo: Path
+    rate: int
+    channels: int
+
+    def check(self) -> None:
+        if self.reader.error is not None:
+            raise AssertionError(f"speaker reader failed: {self.reader.error!r}")
+
+
+@contextlib.contextmanager
+def fake_speaker(
+    directory: str | Path,
+    *,
+    rate: int,
+    channels: int = 1,
+    pcm_name: str = SPEAKER_PCM_NAME,
+    set_environ: bool = True,
+) -> Iterator[FakeSpeaker]:
+    """An ALSA playback PCM ``pcm_name`` at ``rate``/``channels`` read in real time.
+
+    The PCM is a ``type plug`` over a ``type file`` whose ``file`` is a FIFO with ``format
+    "wav"`` and a null slave (which alone would not pace anything): the ``SpeakerReader``
+    thread, started before anything opens the PCM, reads it at the byte rate, so the
+    PortAudio callback runs in real time. ``set_environ=True`` points ALSA_CONFIG_PATH at a
+    config holding this PCM alone. To have a microphone too, use ``set_environ=False`` and
+    give ``config_text`` to ``fake_microphone(..., extra_config=spk.config_text)``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fifo = directory / f"{pcm_name}.fifo"
+    with contextlib.suppress(FileNotFoundError):
+        fifo.unlink()
+    os.mkfifo(fifo)
+    text = speaker_config_text(fifo, rate, channels, pcm_name)
+    config = directory / f"{pcm_name}.asoundrc"
+    config.write_text(f"<{SYSTEM_ALSA_CONF}>\n" + text)
+    reader = SpeakerReader(fifo)
+    reader.start()
+    env = {"ALSA_CONFIG_PATH": str(config)}
+    previous = os.environ.get("ALSA_CONFIG_PATH")
+    try:
+        if set_environ:
+            os.environ["ALSA_CONFIG_PATH"] = str(config)
+        yield FakeSpeaker(env, pcm_name, reader, config, text, fifo, rate, channels)
+    finally:
+        if set_environ:
+            if previous is None:
+                os.environ.pop("ALSA_CONFIG_PATH", None)
+            else:
+                os.environ["ALSA_CONFIG_PATH"] = previous
+        stopped = reader.stop(timeout=5.0)
+    if not stopped:
+        raise RuntimeError(f"speaker reader {reader.name} did not stop in 5 s")

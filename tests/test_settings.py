@@ -103,7 +103,8 @@ def test_yaml_booleans_for_on_off_words() -> None:
         ("logging: {journald: maybe}", "logging.journald: 'maybe' is not one of auto, on, off"),
         ("health: {stall_timeout_s: 0}", "health.stall_timeout_s: 0 is out of range"),
         ("audio: [", "invalid YAML"),
-        ("playback: {enabled: true}", "playback.enabled: true is not supported yet"),
+        ("playback: {enabled: true}\nsession: {mode: transcribe}",
+         "playback.enabled: true needs session.mode: conversation"),
     ],
 )
 def test_errors_name_key_value_and_allowed(text: str, expected: str) -> None:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from edgevoice import __version__
 from edgevoice.compose import Parts
@@ -34,8 +34,11 @@ from edgevoice.daemon.control import (
     resolve_socket,
     write_mute_state,
 )
+from edgevoice.daemon.echo_gate import EchoGate
+from edgevoice.daemon.playback_worker import PlaybackWorker
 from edgevoice.daemon.stats import Stats, register_counters
 from edgevoice.daemon.supervisor import Supervisor
+from edgevoice.daemon.talkback import Talkback
 from edgevoice.daemon.uplink import Uplink
 from edgevoice.errors import ConfigError
 from edgevoice.health import status as status_files
@@ -43,6 +46,7 @@ from edgevoice.health.heartbeat import HeartbeatRegistry, WatchdogGate
 from edgevoice.health.logsetup import add_secret, setup_logging
 from edgevoice.realtime import protocol
 from edgevoice.realtime.event_log import EventLog
+from edgevoice.realtime.history import History
 from edgevoice.realtime.link import SessionLink
 from edgevoice.realtime.models import retirements
 from edgevoice.realtime.session import RealtimeSession, new_dispatcher
@@ -53,6 +57,7 @@ log = logging.getLogger("edgevoice")
 STATUS_FILE_EVERY_S = 2.0
 BYTES_PER_S = protocol.INPUT_RATE * 2  # 24 kHz mono PCM16
 CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
+ECHO_PREROLL_MS = 400  # mic audio kept while the speaker plays, for a local barge-in
 CONTROL_STOP_S = 1.0
 SAY_MAX_CHARS = 2000
 SAY_INSTRUCTION = ("Say the following to the user, exactly as written, in your own voice, "
@@ -99,6 +104,13 @@ class Daemon:
         self._dispatcher = new_dispatcher()
         self._event_log.register(self._dispatcher)
         register_counters(self._dispatcher, self.stats)
+        # What was said, re-sent as text to a new session (session.carry_turns).
+        self._history = History()
+        self._history.register(self._dispatcher)
+        self._talkback: Talkback | None = None
+        self._speaker: Any = None
+        self._playback: PlaybackWorker | None = None
+        self._echo_gate: EchoGate | None = None
         self._control: ControlServer | None = None
         self._mute_lock = threading.Lock()
         self._mute_file: Path | None = None
@@ -138,6 +150,44 @@ class Daemon:
     def _count_malformed(self, kind: str) -> None:
         self.stats.add("malformed_frames")
 
+    # -- talking back --------------------------------------------------------------------
+
+    def _start_playback(self, s: Settings) -> None:
+        """The speaker, the handlers that feed it and stop it (barge-in), and the echo gate
+        that keeps the microphone from answering the speaker."""
+        speaker = self._parts.make_sink(s.playback)
+        self._speaker = speaker
+        talkback = Talkback(speaker, self._uplink)
+        talkback.register(self._dispatcher)
+        self._talkback = talkback
+        self._playback = PlaybackWorker(speaker, str(s.playback.device),
+                                        Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock)
+        self._playback.start()
+        p = s.playback
+        if p.echo == "half_duplex":
+            self._echo_gate = EchoGate(
+                mode="half_duplex", tail_ms=p.echo_tail_ms, barge_in_db=p.barge_in_db,
+                preroll_ms=ECHO_PREROLL_MS, chunk_ms=s.audio.chunk_ms,
+                playing=lambda: bool(speaker.playing),
+                last_played_at=lambda: speaker.last_played_at,
+                playback_level_dbfs=lambda: float(speaker.level_dbfs),
+                on_barge_in=self._local_barge_in, clock=self._clock)
+
+    def _local_barge_in(self) -> None:
+        """Someone spoke over the answer (the echo gate heard it, the server could not)."""
+        target = self._uplink.target
+        if self._talkback is not None and target is not None:
+            self._talkback.barge_in(cast(Any, target))
+
+    def _seed_session(self, session: SessionLink) -> None:
+        """A new session starts empty: re-send the last turns, before any audio."""
+        events = self._history.seed_events(self.settings.session.carry_turns)
+        if events and self.settings.session.mode == "conversation":
+            for event in events:
+                self._uplink.submit(event, session, urgent=True)
+            log.info("session %s seeded with the last %d turns", session.session_id,
+                     len(events), extra={"edgevoice": {"EVENT": "session_seeded"}})
+
     # -- running -------------------------------------------------------------------------
 
     def run(self, duration_s: float | None = None) -> int:
@@ -153,16 +203,19 @@ class Daemon:
                                on_mute_drop=self._count_mute_dropped)
         self._backlog = backlog
         self._restore_mute(s)
+        self._uplink = Uplink(backlog, self.stats, clock=self._clock,
+                              keep_sent=outage_chunks(s))
+        if s.playback.enabled:
+            self._start_playback(s)
         self._capture = CaptureWorker(
             self._capture_config(s), backlog, self.stats,
             reopen_backoff=Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
+            gate=self._echo_gate.process if self._echo_gate is not None else None,
         )
-        self._uplink = Uplink(backlog, self.stats, clock=self._clock,
-                              keep_sent=outage_chunks(s))
         self._supervisor = Supervisor(s, self._make_session_factory(s, self._api_key),
                                       self._capture, self._uplink, backlog, self.stats,
                                       clock=self._clock, wall_clock=self._parts.wall_clock,
-                                      on_tick=self._tick)
+                                      on_tick=self._tick, on_session_ready=self._seed_session)
         self._started = self._clock()
         self._started_wall = self._parts.wall_clock()
         self._heartbeats = HeartbeatRegistry(clock=self._clock)
@@ -189,6 +242,8 @@ class Daemon:
             code = self._supervisor.run()
         finally:
             self._stop_control()
+            if self._playback is not None:
+                self._playback.stop(timeout=2.0)
             self._parts.release()
         self._send_stopping()
         self._write_files(force=True)
@@ -212,6 +267,8 @@ class Daemon:
         hb = self._heartbeats
         hb.beat("capture", at=self._capture.beat)
         hb.beat("uplink", at=self._uplink.beat)
+        if self._playback is not None:
+            hb.beat("playback", at=self._playback.beat)
         # Audio must keep arriving while the device is open; while it is being (re)opened
         # with backoff (a late or unplugged microphone) the process is healthy.
         device_open = self._capture.is_open
@@ -253,6 +310,16 @@ class Daemon:
             seconds_captured=round(snap["counters"]["audio_bytes_captured"] / BYTES_PER_S, 2),
             seconds_streamed=round(snap["counters"]["audio_bytes_sent"] / BYTES_PER_S, 2),
         )
+        if self._speaker is not None and self._talkback is not None:
+            played = self._speaker.stats
+            talk = self._talkback.snapshot()
+            snap.update(
+                seconds_played=round(played.seconds_played, 2),
+                playback_underruns=played.underruns,
+                barge_ins=talk["barge_ins"],
+                speaker=self._speaker.description,
+                speaker_waiting=self._playback.waiting if self._playback else "",
+            )
         return snap
 
     # -- control socket and mute --------------------------------------------------------
@@ -346,7 +413,10 @@ class Daemon:
     def _update_status(self) -> None:
         target = self._uplink.target
         age = self._clock() - target.configured_at if target is not None else None
-        self.stats.set(waiting=self._capture.waiting)
+        waiting = self._capture.waiting
+        if self._playback is not None and self._playback.waiting:
+            waiting = "; ".join(w for w in (waiting, self._playback.waiting) if w)
+        self.stats.set(waiting=waiting)
         line = status_files.status_line(self.stats.snapshot(), self.settings.server.model, age)
         if line != self._last_status:
             self._last_status = line

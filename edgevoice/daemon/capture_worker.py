@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,8 +63,10 @@ class CaptureWorker(Worker):
         *,
         reopen_backoff: Backoff,
         clock: Clock = time.monotonic,
+        gate: Callable[[AudioChunk], Sequence[AudioChunk]] | None = None,
     ) -> None:
         super().__init__("capture", clock)
+        self._gate = gate
         self._config = config
         self._new_config: CaptureConfig | None = None
         self._config_lock = threading.Lock()
@@ -227,9 +229,12 @@ class CaptureWorker(Worker):
             piece = pending[start:start + n]
             start += n
             level = rms_dbfs(piece)
-            if not self._backlog.put(AudioChunk(piece.tobytes(), level, captured_at,
-                                                self._seq)):
-                self._stats.add("chunks_muted")  # muted: captured, never queued
+            chunk = AudioChunk(piece.tobytes(), level, captured_at, self._seq)
+            # The echo gate holds the microphone while the speaker plays (and gives back a
+            # pre-roll when someone talks over the answer).
+            for ready in (self._gate(chunk) if self._gate is not None else (chunk,)):
+                if not self._backlog.put(ready):
+                    self._stats.add("chunks_muted")  # muted: captured, never queued
             self._seq += 1
             self._stats.add("chunks_captured")
             self._stats.add("audio_bytes_captured", piece.nbytes)

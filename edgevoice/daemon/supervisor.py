@@ -96,6 +96,7 @@ class Supervisor:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         on_tick: Callable[[], None] | None = None,
+        on_session_ready: Callable[[SessionLink], None] | None = None,
     ) -> None:
         self._settings = settings
         self._make_session = make_session
@@ -106,6 +107,7 @@ class Supervisor:
         self._clock = clock
         self._wall = wall_clock
         self._on_tick = on_tick
+        self._on_session_ready = on_session_ready  # a new session is configured: seed it
         r = settings.reconnect
         self._backoff = Backoff(r.initial_s, r.max_s, r.multiplier)
         self._wake = threading.Event()
@@ -295,6 +297,8 @@ class Supervisor:
             return self._connect_failed(error, now, attempt.for_rollover)
         session = attempt.session
         session.start_reader()
+        if self._on_session_ready is not None:
+            self._on_session_ready(session)  # before any audio: urgent events go first
         self._settings_proven = True
         self._stats.add("connections")
         self._stats.set(session_id=session.session_id, reload="")

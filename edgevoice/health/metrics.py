@@ -130,13 +130,13 @@ COUNTERS: tuple[Row, ...] = (
     Row("edgevoice_responses", "Responses completed by the server.", counter("responses")),
     Row("edgevoice_response_audio_bytes", "24 kHz PCM16 bytes of response audio received.",
         counter("response_audio_bytes")),
-    # Playback (not yet: there is no playback). One row each once the snapshot has them:
-    #   Row("edgevoice_played_seconds", "Seconds of response audio played.",
-    #       field("seconds_played")),
-    #   Row("edgevoice_playback_underruns", "Playback underruns.",
-    #       counter("playback_underruns")),
-    #   Row("edgevoice_barge_ins", "Responses cut short by the user's speech.",
-    #       counter("barge_ins")),
+    # playback (written only when playback.enabled: the snapshot has the fields then)
+    Row("edgevoice_played_seconds", "Seconds of response audio played.",
+        field("seconds_played")),
+    Row("edgevoice_playback_underruns", "Callbacks that played silence inside an answer.",
+        field("playback_underruns")),
+    Row("edgevoice_barge_ins", "Answers cut short because the user spoke.",
+        field("barge_ins")),
 )
 
 GAUGES: tuple[Row, ...] = (

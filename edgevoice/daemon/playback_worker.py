@@ -1,0 +1,81 @@
+"""The speaker's keeper: opens the output device, and waits for it (with backoff) when it is
+not there, like the capture worker does for the microphone.
+
+The PortAudio callback does the playing; this worker only owns the device's life. Waiting
+for a speaker that is unplugged or enumerates late is healthy (the worker beats while it
+waits, and `waiting` tells the status line what it waits for); answers that arrive
+meanwhile are dropped by the sink, not queued forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from edgevoice.clock import Clock
+from edgevoice.daemon.backoff import Backoff
+from edgevoice.daemon.worker import Worker
+from edgevoice.errors import AudioDeviceError
+
+log = logging.getLogger("edgevoice.playback")
+
+LOG_EACH_ATTEMPT = 5
+SUMMARY_EVERY_S = 60.0
+IDLE_S = 0.25
+
+
+class OutputDevice(Protocol):
+    @property
+    def is_open(self) -> bool: ...
+    @property
+    def description(self) -> str: ...
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class PlaybackWorker(Worker):
+    def __init__(self, sink: OutputDevice, device_label: str, reopen_backoff: Backoff,
+                 clock: Clock = time.monotonic) -> None:
+        super().__init__("playback", clock)
+        self._sink = sink
+        self._label = device_label
+        self._backoff = reopen_backoff
+        self._failed_attempts = 0
+        self._summary_at = 0.0
+        self.waiting = ""
+
+    def step(self) -> None:
+        if self._sink.is_open:
+            self.sleep(IDLE_S)
+            return
+        try:
+            self._sink.open()
+        except AudioDeviceError as exc:
+            self._open_failed(exc)
+            return
+        if self._failed_attempts:
+            log.info("speaker available after %d failed attempts", self._failed_attempts,
+                     extra={"edgevoice": {"EVENT": "playback.available"}})
+        self._failed_attempts = 0
+        self._backoff.reset()
+        self.waiting = ""
+        log.info("playing to %s", self._sink.description,
+                 extra={"edgevoice": {"EVENT": "playback.opened"}})
+
+    def _open_failed(self, exc: AudioDeviceError) -> None:
+        delay = self._backoff.next_delay()
+        self._failed_attempts += 1
+        attempt = self._failed_attempts
+        self.waiting = (f"waiting for speaker {self._label!r} (attempt {attempt}, "
+                        f"next in {delay:.1f}s)")
+        now = self._clock()
+        reason = " ".join(str(exc).split())
+        if attempt <= LOG_EACH_ATTEMPT or now - self._summary_at >= SUMMARY_EVERY_S:
+            self._summary_at = now
+            log.error("speaker unavailable (attempt %d): %s; retry in %.1fs", attempt, reason,
+                      delay, extra={"edgevoice": {"EVENT": "playback.open_failed"}})
+        self.sleep(delay)
+
+    def cleanup(self) -> None:
+        self._sink.close()
