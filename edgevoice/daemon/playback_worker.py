@@ -1,8 +1,11 @@
 """The speaker's keeper: opens the output device, and waits for it (with backoff) when it is
 not there, like the capture worker does for the microphone.
 
-The PortAudio callback does the playing; this worker only owns the device's life. Waiting
-for a speaker that is unplugged or enumerates late is healthy (the worker beats while it
+The PortAudio callback does the playing; this worker only owns the device's life: a stream
+that PortAudio stopped (the device went away) is closed and the device reopened by name
+with backoff. PortAudio finds a re-plugged device only after a re-scan, which the shared
+host does only while no other stream (the microphone) is open. Waiting for a speaker that
+is unplugged or enumerates late is healthy (the worker beats while it
 waits, and `waiting` tells the status line what it waits for); answers that arrive
 meanwhile are dropped by the sink, not queued forever.
 """
@@ -29,6 +32,8 @@ class OutputDevice(Protocol):
     @property
     def is_open(self) -> bool: ...
     @property
+    def is_active(self) -> bool: ...
+    @property
     def description(self) -> str: ...
     def open(self) -> None: ...
     def close(self) -> None: ...
@@ -47,6 +52,12 @@ class PlaybackWorker(Worker):
 
     def step(self) -> None:
         if self._sink.is_open:
+            if not self._sink.is_active:  # PortAudio stopped the stream: the device is gone
+                log.error("speaker %s stopped (unplugged or failed); reopening",
+                          self._sink.description,
+                          extra={"edgevoice": {"EVENT": "playback.failed"}})
+                self._sink.close()
+                return
             self.sleep(IDLE_S)
             return
         try:
