@@ -491,6 +491,9 @@ class Daemon:
         if new.stream.outage_buffer_s != old.stream.outage_buffer_s or \
                 new.audio.chunk_ms != old.audio.chunk_ms:
             self._backlog.resize(outage_chunks(new))
+        if new.playback != old.playback:
+            log.warning("reload: playback.* changes take effect at the next start (the "
+                        "speaker is opened once)", extra={"edgevoice": {"EVENT": "reload"}})
         if new.audio != old.audio:
             self._capture.reconfigure(self._capture_config(new))
         elif new.health.silence_warn_s != old.health.silence_warn_s:
