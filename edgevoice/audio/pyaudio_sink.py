@@ -278,7 +278,9 @@ class PyAudioSink:
         Never blocks beyond a short lock. Call it while open: open() starts a fresh buffer,
         so audio given before it (or while closed) is not played.
         """
-        samples = np.frombuffer(pcm24k[: len(pcm24k) // 2 * 2], dtype="<i2").astype(np.int16)
+        # A view of the decoded bytes, no copy (an odd trailing byte is ignored).
+        view = memoryview(pcm24k)[: len(pcm24k) // 2 * 2]
+        samples = np.frombuffer(view, dtype="<i2").astype(np.int16, copy=False)
         with self._lock:
             buffer = self._buffer
             entry = self._resamplers.get(item_id)
