@@ -31,6 +31,8 @@ pytest: venv
 bench: venv
 	$(PY) benchmarks/bench_resample.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_downlink.py
+	$(PY) benchmarks/bench_bargein.py
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \

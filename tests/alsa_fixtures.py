@@ -28,7 +28,8 @@ are described, with what was found out about alsa-lib and PortAudio, in the docs
 
 ``fake_speaker`` is the playback counterpart (PCM ``edgevoice_speaker``, a ``type plug``
 over a ``type file`` with ``format "wav"``, a FIFO as ``file`` and a null slave), read in
-real time by a ``SpeakerReader`` thread that records what arrived and when::
+real time by a ``SpeakerReader`` thread (``edgevoice.audio.fifo_speaker.FifoSpeaker``, the
+one the demo uses) that records what arrived and when::
 
     with fake_speaker(tmp_path, rate=48000) as spk:      # os.environ points at spk.env
         sink = PyAudioSink(spk.device)
@@ -51,11 +52,8 @@ it. A real card has no such hidden buffer.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import select
 import threading
-import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,8 +62,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edgevoice.audio import fifo_mic
+from edgevoice.audio import fifo_mic, fifo_speaker
 from edgevoice.audio.fifo_mic import FifoWriter, Signal, as_frames
+from edgevoice.audio.fifo_speaker import FifoSpeaker
 
 PCM_NAME = "edgevoice_test"
 SYSTEM_ALSA_CONF = fifo_mic.SYSTEM_ALSA_CONF
@@ -213,35 +212,16 @@ pcm.edgevoice_broken {
 
 
 # -- a fake speaker: an ALSA ``type file`` playback PCM written into a paced FIFO -------------
+# The PCM and the paced reader are edgevoice.audio.fifo_speaker's (the demo uses them too).
 
 SPEAKER_PCM_NAME = "edgevoice_speaker"
-_F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_WAV_HEADER = 44
 
 
 def speaker_config_text(fifo: str | Path, rate: int, channels: int,
                         pcm_name: str = SPEAKER_PCM_NAME) -> str:
     """The speaker's PCM alone (no ``<alsa.conf>`` include): pass it as ``extra_config`` of
     ``fake_microphone`` to have both in one ALSA_CONFIG_PATH."""
-    if '"' in str(fifo) or "\\" in str(fifo):
-        raise ValueError(f"unsupported characters in {fifo!s}")
-    return f"""
-pcm.{pcm_name} {{
-    type plug
-    slave {{
-        pcm {{
-            type file
-            slave.pcm null
-            file "{fifo}"
-            format "wav"
-        }}
-        rate {int(rate)}
-        channels {int(channels)}
-        format S16_LE
-    }}
-    hint.description "edgevoice file speaker"
-}}
-"""
+    return fifo_speaker.speaker_config_text(fifo, rate, channels, pcm_name)
 
 
 @dataclass
@@ -269,41 +249,14 @@ class SpeakerSegment:
         return np.repeat(np.asarray(self.times, dtype=np.float64), sizes)
 
 
-class SpeakerReader(threading.Thread):
-    """Reads the speaker FIFO at the byte rate of the WAV header it found, like a sound card.
-
-    Holds the FIFO open ``O_RDWR`` from before ``start()`` returns until ``stop()``, so
-    alsa-lib's ``open(2)`` of the file never blocks (PortAudio opens every PCM while it
-    enumerates and probes) and its writes never fail; it therefore never sees end of file
-    and finds a reopened stream by its new WAV header (``RIFF....WAVEfmt `` at a frame
-    boundary). Before the first header, or while no data comes, nothing is paced.
-    """
+class SpeakerReader(FifoSpeaker):
+    """``FifoSpeaker`` (paced like a sound card; see edgevoice/audio/fifo_speaker.py) that
+    keeps what arrived and when, one ``SpeakerSegment`` per WAV header (open of the PCM)."""
 
     def __init__(self, fifo: Path, *, block_ms: int = 10) -> None:
-        super().__init__(name=f"speaker-{fifo.name}", daemon=True)
-        self.fifo = fifo
-        self.block_ms = block_ms
+        super().__init__(fifo, block_ms=block_ms)
         self.segments: list[SpeakerSegment] = []
-        self.error: BaseException | None = None
-        self.pipe_size = 0
-        self._stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._fd = -1
-
-    def start(self) -> None:
-        self._fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, 4096)
-        self.pipe_size = fcntl.fcntl(self._fd, fifo_mic._F_GETPIPE_SZ)
-        super().start()
-
-    def stop(self, timeout: float = 5.0) -> bool:
-        self._stop_event.set()
-        self.join(timeout)
-        if self._fd >= 0 and not self.is_alive():
-            os.close(self._fd)
-            self._fd = -1
-        return not self.is_alive()
 
     @property
     def current(self) -> SpeakerSegment | None:
@@ -314,78 +267,14 @@ class SpeakerReader(threading.Thread):
         seg = self.current
         return seg.frames if seg is not None else 0
 
-    def run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # noqa: BLE001 - reported by check()
-            self.error = exc
-
-    def _loop(self) -> None:
-        pending = b""
-        seg: SpeakerSegment | None = None
-        due = 0.0  # when the next read may happen (pacing)
-        while not self._stop_event.is_set():
-            frame_bytes = 2 * seg.channels if seg else 2
-            byte_rate = seg.rate * frame_bytes if seg else 0
-            now = time.monotonic()
-            if seg is not None and due > now:
-                time.sleep(due - now)
-            ready, _, _ = select.select([self._fd], [], [], 0.05)
-            if not ready:
-                due = 0.0  # starved: a real card would underrun; restart the pacing
-                if seg is not None and pending:  # nothing more is coming: no header held
-                    whole = len(pending) // frame_bytes * frame_bytes
-                    self._add(seg, pending[:whole], time.monotonic())
-                    pending = pending[whole:]
-                continue
-            want = byte_rate * self.block_ms // 1000 // frame_bytes * frame_bytes
-            try:
-                data = os.read(self._fd, max(want, frame_bytes) if seg else 4096)
-            except BlockingIOError:
-                continue
-            arrived = time.monotonic()
-            if seg is not None:
-                late = not due or arrived > due + 0.05
-                due = (arrived if late else due) + len(data) / byte_rate
-            pending += data
-            while (header := self._find_header(pending, frame_bytes)) is not None:
-                start, rate, channels = header
-                if seg is not None:
-                    self._add(seg, pending[:start], arrived)
-                seg = SpeakerSegment(rate=rate, channels=channels)
-                with self._lock:
-                    self.segments.append(seg)
-                pending = pending[start + _WAV_HEADER:]
-                frame_bytes = 2 * channels
-                due = 0.0
-            # hold back a header's length: a header may be split across two reads
-            keep = max(0, len(pending) - _WAV_HEADER) // frame_bytes * frame_bytes
-            if seg is not None and keep:
-                self._add(seg, pending[:keep], arrived)
-                pending = pending[keep:]
-            elif seg is None:
-                pending = pending[-_WAV_HEADER:]
-
-    @staticmethod
-    def _find_header(data: bytes, step: int) -> tuple[int, int, int] | None:
-        pos = data.find(b"RIFF")
-        while pos >= 0:
-            if pos % step == 0 and len(data) >= pos + _WAV_HEADER:
-                if data[pos + 8:pos + 16] == b"WAVEfmt ":
-                    channels = int.from_bytes(data[pos + 22:pos + 24], "little")
-                    rate = int.from_bytes(data[pos + 24:pos + 28], "little")
-                    return pos, rate, channels
-            elif len(data) < pos + _WAV_HEADER:
-                return None
-            pos = data.find(b"RIFF", pos + 1)
-        return None
-
-    def _add(self, seg: SpeakerSegment, data: bytes, arrived: float) -> None:
-        usable = len(data) // (2 * seg.channels) * (2 * seg.channels)
-        if not usable:
-            return
-        block = np.frombuffer(data[:usable], dtype="<i2").astype(np.int16)
+    def on_stream(self, rate: int, channels: int, at: float) -> None:
         with self._lock:
+            self.segments.append(SpeakerSegment(rate=rate, channels=channels))
+
+    def on_audio(self, data: bytes, arrived: float) -> None:
+        block = np.frombuffer(data, dtype="<i2").astype(np.int16)
+        with self._lock:
+            seg = self.segments[-1]
             seg.blocks.append(block)
             seg.times.append(arrived)
             seg.frames += block.size // seg.channels
@@ -428,14 +317,9 @@ def fake_speaker(
     give ``config_text`` to ``fake_microphone(..., extra_config=spk.config_text)``.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fifo = directory / f"{pcm_name}.fifo"
-    with contextlib.suppress(FileNotFoundError):
-        fifo.unlink()
-    os.mkfifo(fifo)
-    text = speaker_config_text(fifo, rate, channels, pcm_name)
+    fifo, text = fifo_speaker.make_fifo_speaker(directory, pcm_name, rate, channels)
     config = directory / f"{pcm_name}.asoundrc"
-    config.write_text(f"<{SYSTEM_ALSA_CONF}>\n" + text)
+    config.write_text(fifo_speaker.alsa_config_with_system(text))
     reader = SpeakerReader(fifo)
     reader.start()
     env = {"ALSA_CONFIG_PATH": str(config)}

@@ -555,6 +555,13 @@ class Daemon:
                                    "of audio)"),
             ("server errors", f"{c['server_errors']}"),
         ]
+        if self._speaker is not None and self._talkback is not None:  # playback is on
+            played = self._speaker.stats
+            rows += [
+                ("seconds played", f"{played.seconds_played:.1f} s"),
+                ("barge-ins", f"{self._talkback.snapshot()['barge_ins']}"),
+                ("playback underruns", f"{played.underruns}"),
+            ]
         width = max(len(k) for k, _ in rows)
         lines = ["edgevoice run summary"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
         return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""CPU per second of played answer audio on the downlink (issue 9 item 4, issue 12 target).
+
+Everything the daemon does for the answers' audio once a text frame left the socket:
+``protocol.parse_server_event`` (its untrusted-frame checks included), dispatch through a
+real ``EventDispatcher`` (the session's state handlers from ``new_dispatcher`` and
+``Talkback``; the "daemon" set also has the event log, the counters and the history, as
+``daemon/app.py`` wires them), base64 decoding, and ``PyAudioSink.play`` (resample 24 kHz to
+the device rate into its ``PlaybackBuffer``), then the buffer drained by the sink's own
+PortAudio callback in 20 ms pulls. PortAudio is never opened: the sink is built and fed
+closed, which is the same code path minus the device.
+
+The frames are what the service sends: JSON text of ``response.output_audio.delta`` events
+carrying base64 of 100 ms of 24 kHz PCM16, inside the usual framing events of an answer.
+CPU is ``time.process_time`` (the process, all threads; this benchmark runs none of its own).
+
+Run: ``python benchmarks/bench_downlink.py [--seconds S] [--json PATH]``. Never fails on a
+timing: the issue 12 target (at most 1 ms of CPU per second of answer audio) is printed as
+met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edgevoice.audio.pyaudio_sink import BLOCK_MS, PyAudioSink
+from edgevoice.daemon.stats import Stats, register_counters
+from edgevoice.daemon.talkback import Talkback
+from edgevoice.realtime import protocol
+from edgevoice.realtime.dispatch import EventDispatcher
+from edgevoice.realtime.event_log import EventLog
+from edgevoice.realtime.history import History
+from edgevoice.realtime.link import SessionLink
+from edgevoice.realtime.session import RealtimeSession, new_dispatcher
+
+WIRE_RATE = 24000
+DELTA_MS = 100
+ANSWER_S = 5.0  # one answer: its framing events are shared by this much audio
+TARGET_MS_PER_S = 1.0  # issue 12: at most 1 ms of CPU per second of answer audio
+
+
+class StandInSession:
+    """The attributes the downlink handlers read and write (RealtimeSession's, minus I/O).
+
+    A plain class (not slotted): Talkback keeps weak references to sessions.
+    """
+
+    def __init__(self, name: str = "s1") -> None:
+        self.name = name
+        self.session_id = "sess_bench0000000000000000"
+        self.response_active = False
+        self.speech_active = False
+        self.produced_audio = False
+        self.probe_sent_at: float | None = None
+        self.configured_at: float | None = 1.0
+
+    def sent_type(self, event_id: str) -> str:
+        return ""
+
+    def fail(self, exc: BaseException) -> None:
+        raise RuntimeError(f"the benchmark session failed: {exc}")
+
+
+class NullOutbox:
+    """Talkback's sender; a benchmark answer is never interrupted, so nothing is sent."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, event: dict[str, Any], to: SessionLink | None,
+               urgent: bool = True) -> None:
+        self.submitted += 1
+
+
+class NullSpeaker:
+    """A Speaker that takes the PCM and does nothing (the cost of parse and dispatch alone)."""
+
+    def play(self, item_id: str, content_index: int, pcm24k: bytes) -> None:
+        pass
+
+    def end_of_item(self, item_id: str) -> None:
+        pass
+
+    def flush(self) -> tuple[str, int, int] | None:
+        return None
+
+    def played_ms(self, item_id: str) -> int:
+        return 0
+
+    @property
+    def playing(self) -> bool:
+        return False
+
+
+def _event(event_type: str, **fields: Any) -> str:
+    """One server frame, shaped (key order, ids) like the service's."""
+    return json.dumps({"type": event_type, "event_id": "event_" + "C" * 21, **fields},
+                      separators=(",", ":"))
+
+
+def answer_frames(seconds: float, n: int, seed: int = 0) -> list[str]:
+    """The frames of one spoken answer: framing events and 100 ms audio deltas."""
+    rng = np.random.default_rng(seed + n)
+    per_delta = WIRE_RATE * DELTA_MS // 1000
+    deltas = max(1, round(seconds * 1000 / DELTA_MS))
+    t = np.arange(per_delta * deltas) / WIRE_RATE
+    voice = 6000 * np.sin(2 * np.pi * 180 * t) + rng.normal(0, 1500, t.size)
+    pcm = np.clip(voice, -32768, 32767).astype("<i2")
+    resp, item = f"resp_{n:021d}", f"item_{n:021d}"
+    ids = {"response_id": resp, "item_id": item, "output_index": 0}
+    frames = [
+        _event("response.created", response={"object": "realtime.response", "id": resp,
+                                             "status": "in_progress", "output": []}),
+        _event("response.output_item.added", response_id=resp, output_index=0,
+               item={"id": item, "type": "message", "role": "assistant",
+                     "status": "in_progress", "content": []}),
+        _event("response.content_part.added", **ids, content_index=0,
+               part={"type": "audio", "transcript": ""}),
+    ]
+    for i in range(deltas):
+        chunk = pcm[i * per_delta:(i + 1) * per_delta].tobytes()
+        frames.append(_event("response.output_audio.delta", **ids, content_index=0,
+                             delta=base64.b64encode(chunk).decode("ascii")))
+    frames += [
+        _event("response.output_audio.done", **ids, content_index=0),
+        _event("response.content_part.done", **ids, content_index=0,
+               part={"type": "audio", "transcript": "..."}),
+        _event("response.output_item.done", response_id=resp, output_index=0,
+               item={"id": item, "type": "message", "role": "assistant",
+                     "status": "completed", "content": []}),
+        _event("response.done", response={"object": "realtime.response", "id": resp,
+                                          "status": "completed", "output": []}),
+    ]
+    return frames
+
+
+def build_dispatcher(speaker: Any, *, daemon_set: bool) -> EventDispatcher[RealtimeSession]:
+    dispatcher = new_dispatcher()
+    if daemon_set:  # as daemon/app.py registers them, in its order
+        EventLog().register(dispatcher)
+        register_counters(dispatcher, Stats())
+        History().register(dispatcher)
+    Talkback(speaker, NullOutbox()).register(dispatcher)
+    return dispatcher
+
+
+def run(stage: str, rate: int, channels: int, seconds: float, *,
+        daemon_set: bool, repeats: int = 5) -> tuple[float, float, int]:
+    """(µs of CPU per delta, ms of CPU per second of audio, deltas) for one configuration,
+    the median of ``repeats`` runs.
+
+    stage: "parse" (parse_server_event only), "dispatch" (and every handler, with a speaker
+    that discards the PCM), "play" (the sink's play path), "drain" (and the callback's
+    20 ms pulls: the whole downlink).
+    """
+    answers = max(1, round(seconds / ANSWER_S))
+    frames = [answer_frames(ANSWER_S, n) for n in range(answers)]
+    deltas = sum(f.count('"type":"response.output_audio.delta"') for a in frames for f in a)
+    audio_s = deltas * DELTA_MS / 1000
+    # Never opened: no PortAudio, only its buffer and resamplers. Without the callback's
+    # pulls ("play") nothing drains, so the buffer holds all of it (nothing dropped).
+    sink = PyAudioSink(rate=rate, buffer_s=5.0 if stage == "drain" else seconds + 10)
+    speaker: Any = sink if stage in ("play", "drain") else NullSpeaker()
+    dispatcher = build_dispatcher(speaker, daemon_set=daemon_set)
+    session = cast(RealtimeSession, StandInSession())
+    pull_frames = rate * BLOCK_MS // 1000
+    pulls_per_delta = DELTA_MS // BLOCK_MS
+    callback = sink._make_callback(sink._buffer, channels)  # the one PortAudio would call
+    parse = protocol.parse_server_event
+    dispatch: Callable[[RealtimeSession, protocol.ServerEvent], None] = dispatcher.dispatch
+    drain = stage == "drain"
+    parse_only = stage == "parse"
+
+    def one_answer(answer: list[str]) -> None:
+        for text in answer:
+            event = parse(text)
+            if parse_only:
+                continue
+            dispatch(session, event)
+            if drain and event.type == "response.output_audio.delta":
+                for _ in range(pulls_per_delta):
+                    callback(None, pull_frames, {}, 0)
+        if drain:  # the tail (prebuffer, resampler flush) plays out
+            while sink.playing:
+                callback(None, pull_frames, {}, 0)
+
+    one_answer(answer_frames(1.0, 999))  # warm up imports, caches, the resampler tables
+    runs: list[float] = []
+    for _ in range(repeats):  # fresh item and response ids every run, as the service's
+        played_before = sink.stats.frames_played
+        start = time.process_time_ns()
+        for answer in frames:
+            one_answer(answer)
+        runs.append((time.process_time_ns() - start) / 1e9)
+        if not drain:
+            sink.flush()  # untimed: the next run starts with an empty buffer
+        played = (sink.stats.frames_played - played_before) / rate
+        if drain and abs(played - audio_s) > 0.05:
+            raise RuntimeError(f"the sink played {played:.2f} s, expected {audio_s:.2f}")
+        frames = [answer_frames(ANSWER_S, n + 1000 * len(runs)) for n in range(answers)]
+    cpu_s = statistics.median(runs)
+    return cpu_s / deltas * 1e6, cpu_s / audio_s * 1e3, deltas
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="answer audio per configuration")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    print(f"numpy {np.__version__}; {DELTA_MS} ms deltas of 24 kHz PCM16 "
+          f"({WIRE_RATE * DELTA_MS // 1000 * 2 * 4 // 3} base64 chars), answers of "
+          f"{ANSWER_S:g} s, {args.seconds:g} s of audio per row; CPU = time.process_time")
+    print(f"{'handlers':>8} {'device':>11}  {'stage (cumulative)':<28} {'us/delta':>9}"
+          f"  {'ms CPU/s audio':>14}")
+    stages = (("parse", "parse_server_event"), ("dispatch", "+ dispatch, handlers, decode"),
+              ("play", "+ sink.play (resample, push)"), ("drain", "+ callback 20 ms pulls"))
+    results: list[dict[str, Any]] = []
+    devices = ((48000, 1), (48000, 2), (44100, 1), (44100, 2))
+    for daemon_set in (False, True):
+        handlers = "daemon" if daemon_set else "minimal"
+        # parse and dispatch do the same work whatever the device: one row each
+        plan = [("parse", 0, 1)] if not daemon_set else []
+        plan += [("dispatch", 0, 1)]
+        plan += [(stage, rate, ch) for rate, ch in devices for stage in ("play", "drain")]
+        for stage, rate, channels in plan:
+            us, ms, deltas = run(stage, rate or 48000, channels, args.seconds,
+                                 daemon_set=daemon_set)
+            device = f"{rate} {channels}ch" if rate else "-"
+            print(f"{handlers:>8} {device:>11}  {dict(stages)[stage]:<28} {us:9.1f}"
+                  f"  {ms:14.3f}")
+            results.append({"handlers": handlers, "rate": rate, "channels": channels,
+                            "stage": stage, "us_per_delta": round(us, 2),
+                            "ms_cpu_per_audio_s": round(ms, 4), "deltas": deltas})
+    print()
+    print(f"issue 12 target: <= {TARGET_MS_PER_S:g} ms of CPU per second of answer audio "
+          "(whole downlink, daemon handlers)")
+    for row in results:
+        if row["stage"] == "drain" and row["handlers"] == "daemon":
+            ms = row["ms_cpu_per_audio_s"]
+            verdict = "met" if ms <= TARGET_MS_PER_S else "MISSED"
+            print(f"  {row['rate']} Hz {row['channels']} ch: {ms:.3f} ms/s  {verdict}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"benchmark": "downlink", "numpy": np.__version__,
+                                         "target_ms_per_s": TARGET_MS_PER_S,
+                                         "results": results}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
