@@ -36,6 +36,10 @@ class Parts:
     clock: Clock = time.monotonic
     wall_clock: Clock = time.time
     release: Callable[[], None] = field(default=lambda: None)  # at exit: PortAudio
+    # whether a missing device asks the open streams to close for a PortAudio re-scan
+    rescan_wanted: Callable[[], bool] = field(default=lambda: False)
+    # how many times PortAudio listed the devices (grows at each re-scan)
+    device_list_generation: Callable[[], int] = field(default=lambda: 0)
 
 
 class _Audio:
@@ -77,6 +81,12 @@ class _Audio:
             host=self._host,
         )
 
+    def device_list_generation(self) -> int:
+        return self._host.initialisations if self._host is not None else 0
+
+    def rescan_wanted(self) -> bool:
+        return self._host is not None and self._host.rescan_wanted
+
     def release(self) -> None:
         if self._host is not None:
             self._host.terminate()
@@ -104,4 +114,6 @@ def build_parts() -> Parts:
         make_transport=make_transport,
         make_sink=audio.make_sink,
         release=audio.release,
+        rescan_wanted=audio.rescan_wanted,
+        device_list_generation=audio.device_list_generation,
     )

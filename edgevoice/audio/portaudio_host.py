@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from edgevoice.errors import AudioDeviceError
 log = logging.getLogger(__name__)
 
 TERMINATE_LOCK_S = 1.0
+RESCAN_FIRST_S = 0.5  # re-scans asked for by a missing device: this soon, doubling...
+RESCAN_MAX_S = 60.0  # ... up to this (each one costs the open streams a reopen)
 
 
 def _new_pyaudio() -> Any:
@@ -35,6 +38,9 @@ class PortAudioHost:
         self._pa: Any = None
         self._open_streams = 0
         self.initialisations = 0
+        self._rescan_wanted = False
+        self._rescan_interval = RESCAN_FIRST_S
+        self._rescan_not_before = 0.0
 
     @property
     def open_streams(self) -> int:
@@ -52,6 +58,7 @@ class PortAudioHost:
         with self._lock:
             if self._pa is not None and rescan and self._open_streams == 0:
                 self._terminate_locked()
+                self._rescan_wanted = False
             if self._pa is None:
                 with quiet_stderr():
                     try:
@@ -62,6 +69,31 @@ class PortAudioHost:
             if reserve:
                 self._open_streams += 1
             return self._pa
+
+    def request_rescan(self) -> None:
+        """A device is missing and streams are open, so no re-scan can happen: ask the
+        owners of those streams (the capture worker) to close them for one, between two
+        chunks. Asked for with a doubling interval (0.5 s to 60 s), since each re-scan
+        costs the microphone a reopen; `rescan_satisfied` starts the interval over."""
+        now = time.monotonic()
+        with self._lock:
+            if self._open_streams == 0 or now < self._rescan_not_before:
+                return
+            self._rescan_wanted = True
+            self._rescan_not_before = now + self._rescan_interval
+            self._rescan_interval = min(RESCAN_MAX_S, self._rescan_interval * 2)
+
+    @property
+    def rescan_wanted(self) -> bool:
+        with self._lock:
+            return self._rescan_wanted
+
+    def rescan_satisfied(self) -> None:
+        """The missing device was found."""
+        with self._lock:
+            self._rescan_wanted = False
+            self._rescan_interval = RESCAN_FIRST_S
+            self._rescan_not_before = 0.0
 
     def stream_opened(self) -> None:
         with self._lock:

@@ -205,6 +205,9 @@ class PyAudioSink:
                 try:
                     entry = find_output_device(pa, self._device)
                 except AudioDeviceError as exc:
+                    # PortAudio has no hot-plug: a speaker plugged in later is listed only
+                    # after a re-scan, which needs the microphone closed for a moment.
+                    self._host.request_rescan()
                     raise AudioDeviceError(
                         f"audio output {self._device!r}: {exc}") from exc
                 rate, channels = choose_output(pa, entry, self._requested_rate)
@@ -245,6 +248,7 @@ class PyAudioSink:
                 self._entry = None
                 raise
         self._pa, self._stream = pa, stream
+        self._host.rescan_satisfied()
         log.info("playing to %s, output latency %.0f ms, prebuffer %d ms",
                  self.description, self._latency_s * 1000, self._prebuffer_ms)
 

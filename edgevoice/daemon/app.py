@@ -160,8 +160,9 @@ class Daemon:
         talkback = Talkback(speaker, self._uplink)
         talkback.register(self._dispatcher)
         self._talkback = talkback
-        self._playback = PlaybackWorker(speaker, str(s.playback.device),
-                                        Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock)
+        self._playback = PlaybackWorker(
+            speaker, str(s.playback.device), Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
+            device_list_generation=self._parts.device_list_generation)
         self._playback.start()
         p = s.playback
         if p.echo == "half_duplex":
@@ -211,6 +212,7 @@ class Daemon:
             self._capture_config(s), backlog, self.stats,
             reopen_backoff=Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
             gate=self._echo_gate.process if self._echo_gate is not None else None,
+            rescan_wanted=self._parts.rescan_wanted if s.playback.enabled else None,
         )
         self._supervisor = Supervisor(s, self._make_session_factory(s, self._api_key),
                                       self._capture, self._uplink, backlog, self.stats,

@@ -64,9 +64,11 @@ class CaptureWorker(Worker):
         reopen_backoff: Backoff,
         clock: Clock = time.monotonic,
         gate: Callable[[AudioChunk], Sequence[AudioChunk]] | None = None,
+        rescan_wanted: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__("capture", clock)
         self._gate = gate
+        self._rescan_wanted = rescan_wanted
         self._config = config
         self._new_config: CaptureConfig | None = None
         self._config_lock = threading.Lock()
@@ -124,6 +126,13 @@ class CaptureWorker(Worker):
             self._failed_attempts = 0
         if self._source is None:
             self._open()
+            return
+        if self._rescan_wanted is not None and self._rescan_wanted():
+            # Another device (the speaker) is missing: PortAudio can only list it anew while
+            # no stream is open. Close between two chunks; the next step reopens.
+            log.info("closing the microphone for a device re-scan (a device is missing)",
+                     extra={"edgevoice": {"EVENT": "capture.rescan"}})
+            self._close_source()
             return
         self._read_once(self._source)
 

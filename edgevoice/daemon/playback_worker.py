@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from edgevoice.clock import Clock
@@ -26,6 +27,7 @@ log = logging.getLogger("edgevoice.playback")
 LOG_EACH_ATTEMPT = 5
 SUMMARY_EVERY_S = 60.0
 IDLE_S = 0.25
+STABLE_AFTER_S = 10.0  # open this long without failing: the reopen backoff starts over
 
 
 class OutputDevice(Protocol):
@@ -41,13 +43,17 @@ class OutputDevice(Protocol):
 
 class PlaybackWorker(Worker):
     def __init__(self, sink: OutputDevice, device_label: str, reopen_backoff: Backoff,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic,
+                 device_list_generation: Callable[[], int] | None = None) -> None:
         super().__init__("playback", clock)
+        # PortAudio's device list changes only at a re-scan: after one, try again at once.
+        self._generation = device_list_generation
         self._sink = sink
         self._label = device_label
         self._backoff = reopen_backoff
         self._failed_attempts = 0
         self._summary_at = 0.0
+        self._opened_at = 0.0
         self.waiting = ""
 
     def step(self) -> None:
@@ -57,7 +63,11 @@ class PlaybackWorker(Worker):
                           self._sink.description,
                           extra={"edgevoice": {"EVENT": "playback.failed"}})
                 self._sink.close()
+                self.sleep(self._backoff.next_delay())  # a device failing at once: no spin
                 return
+            if self._opened_at and self._clock() - self._opened_at >= STABLE_AFTER_S:
+                self._backoff.reset()  # it has played for a while: the next failure is news
+                self._opened_at = 0.0
             self.sleep(IDLE_S)
             return
         try:
@@ -69,7 +79,7 @@ class PlaybackWorker(Worker):
             log.info("speaker available after %d failed attempts", self._failed_attempts,
                      extra={"edgevoice": {"EVENT": "playback.available"}})
         self._failed_attempts = 0
-        self._backoff.reset()
+        self._opened_at = self._clock()
         self.waiting = ""
         log.info("playing to %s", self._sink.description,
                  extra={"edgevoice": {"EVENT": "playback.opened"}})
@@ -86,7 +96,19 @@ class PlaybackWorker(Worker):
             self._summary_at = now
             log.error("speaker unavailable (attempt %d): %s; retry in %.1fs", attempt, reason,
                       delay, extra={"edgevoice": {"EVENT": "playback.open_failed"}})
-        self.sleep(delay)
+        self._wait(delay)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep (beating), but only until PortAudio's device list was re-scanned."""
+        if self._generation is None:
+            self.sleep(seconds)
+            return
+        generation = self._generation()
+        end = self._clock() + seconds
+        while not self.stopping and self._clock() < end:
+            if self._generation() != generation:
+                return
+            self.sleep(min(IDLE_S, end - self._clock()))
 
     def cleanup(self) -> None:
         self._sink.close()
