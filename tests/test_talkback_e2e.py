@@ -39,14 +39,16 @@ def _responses(server: DevServer) -> list[ResponseRecord]:
     return [r for s in server.sessions() for r in s.responses]
 
 
-def test_a_spoken_turn_is_answered_through_the_speaker(server: DevServer,
-                                                       tmp_path: Path) -> None:
-    with fake_speaker(tmp_path / "spk", rate=RATE, set_environ=False) as spk, \
-            fake_microphone(tmp_path / "mic", rate=RATE, channels=1,
-                            signal=speech(20.0, RATE, talk=[(0.5, 2.0)]),
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_a_spoken_turn_is_answered_through_the_speaker(server: DevServer, tmp_path: Path,
+                                                       rate: int) -> None:
+    with fake_speaker(tmp_path / "spk", rate=rate, set_environ=False) as spk, \
+            fake_microphone(tmp_path / "mic", rate=rate, channels=1,
+                            signal=speech(20.0, rate, talk=[(0.5, 2.0)]),
                             set_environ=False, extra_config=spk.config_text) as mic:
-        with running_daemon(tmp_path, _config(server, mic.device, spk, tmp_path),
-                            env=mic.env) as daemon:
+        config = merge(_config(server, mic.device, spk, tmp_path),
+                       {"audio": {"rate": rate}, "playback": {"rate": rate}})
+        with running_daemon(tmp_path, config, env=mic.env) as daemon:
             assert server.wait_for(
                 lambda s: any(r.status == "completed" for r in _responses(s)), 30), daemon.log()
             answer = next(r for r in _responses(server) if r.status == "completed")
@@ -60,12 +62,12 @@ def test_a_spoken_turn_is_answered_through_the_speaker(server: DevServer,
         received = segment.mono()
     assert status["seconds_played"] >= answer.audio_ms / 1000 - 0.2
     assert status["playback_underruns"] == 0
-    rx24 = back_to_wire(received, RATE)
+    rx24 = back_to_wire(received, rate)
     ref = np.frombuffer(answer.audio, dtype="<i2").astype(np.float64)
     lag, _frac, aligned = align(rx24, ref)
     window = slice(lag, lag + len(ref))
     snr = snr_db(rx24[window], aligned[window])
-    print(f"answer of {answer.audio_ms} ms played: SNR {snr:.1f} dB at {RATE} Hz")
+    print(f"answer of {answer.audio_ms} ms played: SNR {snr:.1f} dB at {rate} Hz")
     assert snr >= 40.0
 
 
