@@ -21,7 +21,7 @@ from scipy.signal import butter, resample_poly, sosfiltfilt
 from signals import speech
 
 from edgevoice.audio.devices import DeviceEntry
-from edgevoice.audio.playback import PlaybackBuffer
+from edgevoice.audio.playback import STARVED_ITEM_S, PlaybackBuffer
 from edgevoice.audio.portaudio_host import PortAudioHost
 from edgevoice.audio.pyaudio_sink import PyAudioSink, choose_output
 from edgevoice.audio.pyaudio_source import PyAudioSource
@@ -82,6 +82,29 @@ def test_underruns_count_only_inside_a_started_unended_item() -> None:
     buf.pull(40, 1.5)  # idle
     assert buf.stats.underruns == 2
     assert buf.stats.frames_played == 90
+
+
+def test_an_item_whose_end_never_comes_is_ended_after_a_while() -> None:
+    """A session lost mid-answer never sends output_audio.done: the speaker must not stay
+    "playing" (the echo gate would hold the microphone) and count underruns forever."""
+    buf = make_buffer(prebuffer=40)
+    buf.push("a", 0, ramp_chunk(40))
+    buf.pull(40, 1.0)
+    pulls = 0
+    while buf.playing and pulls < 10_000:
+        buf.pull(40, 1.0)
+        pulls += 1
+    assert not buf.playing
+    assert pulls * 40 == pytest.approx(buf.rate * STARVED_ITEM_S, abs=40)
+    underruns = buf.stats.underruns
+    buf.pull(40, 2.0)
+    assert buf.stats.underruns == underruns  # idle now, not starved
+
+
+def test_a_closed_sink_keeps_nothing_and_is_not_playing() -> None:
+    sink = PyAudioSink("no such speaker", host=PortAudioHost(factory=object))
+    sink.play("a", 0, b"\x01\x00" * 480)
+    assert not sink.playing and sink.stats.dropped_frames == 480
 
 
 def test_items_play_in_order() -> None:

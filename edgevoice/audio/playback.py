@@ -39,6 +39,9 @@ Int16Array = npt.NDArray[np.int16]
 _HISTORY = 64  # finished or flushed items whose played time is still answered
 
 
+STARVED_ITEM_S = 2.0  # an answer fed nothing for this long has ended, whatever was said
+
+
 @dataclass
 class PlaybackStats:
     rate: int = 0
@@ -71,6 +74,7 @@ class _Item:
     last_pos: int = 0  # output position just after its last consumed frame
     ended: bool = False
     started: bool = False
+    starved_pulls: int = 0  # callbacks in a row that found it started, unended and empty
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,15 @@ class PlaybackBuffer:
                 if item.queued == 0 and item.ended:
                     self._finish()
                     continue
+                if item.queued == 0 and item.consumed > 0:  # begun, nothing left, not ended
+                    item.starved_pulls += 1
+                    if item.starved_pulls * frames >= self.rate * STARVED_ITEM_S:
+                        # Its end never came (a session lost mid-answer, a response that
+                        # failed): end it, or it would hold the speaker "playing" forever.
+                        item.ended = True
+                        continue
+                else:
+                    item.starved_pulls = 0
                 if not item.started:
                     if item.ended or item.queued >= max(1, self.prebuffer_frames):
                         item.started = True

@@ -282,6 +282,11 @@ class PyAudioSink:
         Never blocks beyond a short lock. Call it while open: open() starts a fresh buffer,
         so audio given before it (or while closed) is not played.
         """
+        if self._stream is None:
+            # No speaker (unplugged, or not there yet): the answer is not kept for later,
+            # and nothing counts as playing (the echo gate must not hold the microphone).
+            self._buffer.stats.dropped_frames += len(pcm24k) // 2
+            return
         # A view of the decoded bytes, no copy (an odd trailing byte is ignored).
         view = memoryview(pcm24k)[: len(pcm24k) // 2 * 2]
         samples = np.frombuffer(view, dtype="<i2").astype(np.int16, copy=False)
@@ -320,7 +325,7 @@ class PyAudioSink:
 
     @property
     def playing(self) -> bool:
-        return self._buffer.playing
+        return self._stream is not None and self._buffer.playing
 
     @property
     def last_played_at(self) -> float | None:

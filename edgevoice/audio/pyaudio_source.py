@@ -275,7 +275,12 @@ class PyAudioSource:
         with quiet_stderr():
             stream: Any = None
             try:
-                info = find_input_device(pa, self._device)
+                try:
+                    info = find_input_device(pa, self._device)
+                except AudioDeviceError:
+                    # Listed only after a re-scan, which an open speaker stream prevents.
+                    self._host.request_rescan()
+                    raise
                 channels = choose_channels(info, self._requested_channels)
                 rate = choose_rate(pa, info, self._requested_rate, channels)
                 frames = max(1, rate * self._block_ms // 1000)

@@ -281,7 +281,7 @@ def render_text(data: Mapping[str, Any], verdict: Mapping[str, Any], path: Path)
         rows.append(("captured", text))
     played = _number(data.get("seconds_played"))  # once playback exists
     if played is not None:
-        rows.append(("played", f"{played:.2f} s, {_int(c.get('barge_ins'))} barge-ins"))
+        rows.append(("played", f"{played:.2f} s, {_int(data.get('barge_ins'))} barge-ins"))
 
     uptime = _number(data.get("uptime_s"))
     text = duration(uptime) if uptime is not None else "-"

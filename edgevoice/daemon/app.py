@@ -162,7 +162,8 @@ class Daemon:
         self._talkback = talkback
         self._playback = PlaybackWorker(
             speaker, str(s.playback.device), Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
-            device_list_generation=self._parts.device_list_generation)
+            device_list_generation=self._parts.device_list_generation,
+            rescan_wanted=self._parts.rescan_wanted)
         self._playback.start()
         p = s.playback
         if p.echo == "half_duplex":
@@ -179,6 +180,8 @@ class Daemon:
         target = self._uplink.target
         if self._talkback is not None and target is not None:
             self._talkback.barge_in(cast(Any, target))
+        elif self._speaker is not None:
+            self._speaker.flush()  # no session to tell (an outage): at least stop talking
 
     def _seed_session(self, session: SessionLink) -> None:
         """A new session starts empty: re-send the last turns, before any audio."""
@@ -212,7 +215,9 @@ class Daemon:
             self._capture_config(s), backlog, self.stats,
             reopen_backoff=Backoff(*CAPTURE_REOPEN_BACKOFF), clock=self._clock,
             gate=self._echo_gate.process if self._echo_gate is not None else None,
-            rescan_wanted=self._parts.rescan_wanted if s.playback.enabled else None,
+            # A WAV source holds no PortAudio stream: it has nothing to close for a re-scan.
+            rescan_wanted=(self._parts.rescan_wanted
+                           if s.playback.enabled and not s.audio.wav_file else None),
         )
         self._supervisor = Supervisor(s, self._make_session_factory(s, self._api_key),
                                       self._capture, self._uplink, backlog, self.stats,

@@ -241,6 +241,13 @@ class CaptureWorker(Worker):
             chunk = AudioChunk(piece.tobytes(), level, captured_at, self._seq)
             # The echo gate holds the microphone while the speaker plays (and gives back a
             # pre-roll when someone talks over the answer).
+            if self._backlog.muted:  # privacy first: not even the echo gate's pre-roll
+                self._stats.add("chunks_muted")
+                self._seq += 1
+                self._stats.add("chunks_captured")
+                self._stats.add("audio_bytes_captured", piece.nbytes)
+                self._stats.set(capture_level_dbfs=round(level, 1))
+                continue
             for ready in (self._gate(chunk) if self._gate is not None else (chunk,)):
                 if not self._backlog.put(ready):
                     self._stats.add("chunks_muted")  # muted: captured, never queued

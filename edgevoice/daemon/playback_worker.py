@@ -44,8 +44,10 @@ class OutputDevice(Protocol):
 class PlaybackWorker(Worker):
     def __init__(self, sink: OutputDevice, device_label: str, reopen_backoff: Backoff,
                  clock: Clock = time.monotonic,
-                 device_list_generation: Callable[[], int] | None = None) -> None:
+                 device_list_generation: Callable[[], int] | None = None,
+                 rescan_wanted: Callable[[], bool] | None = None) -> None:
         super().__init__("playback", clock)
+        self._rescan_wanted = rescan_wanted
         # PortAudio's device list changes only at a re-scan: after one, try again at once.
         self._generation = device_list_generation
         self._sink = sink
@@ -64,6 +66,12 @@ class PlaybackWorker(Worker):
                           extra={"edgevoice": {"EVENT": "playback.failed"}})
                 self._sink.close()
                 self.sleep(self._backoff.next_delay())  # a device failing at once: no spin
+                return
+            if (self._rescan_wanted is not None and self._rescan_wanted()
+                    and not self._sink_playing()):
+                log.info("closing the speaker for a device re-scan (a device is missing)",
+                         extra={"edgevoice": {"EVENT": "playback.rescan"}})
+                self._sink.close()
                 return
             if self._opened_at and self._clock() - self._opened_at >= STABLE_AFTER_S:
                 self._backoff.reset()  # it has played for a while: the next failure is news
@@ -109,6 +117,9 @@ class PlaybackWorker(Worker):
             if self._generation() != generation:
                 return
             self.sleep(min(IDLE_S, end - self._clock()))
+
+    def _sink_playing(self) -> bool:
+        return bool(getattr(self._sink, "playing", False))
 
     def cleanup(self) -> None:
         self._sink.close()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgevoice.realtime.dispatch import EventDispatcher
-from edgevoice.realtime.protocol import ServerEvent
+from edgevoice.realtime.protocol import ServerEvent, decode_audio_delta
 
 
 @dataclass
@@ -131,11 +131,10 @@ def register_counters(dispatcher: EventDispatcher[Any], stats: Stats) -> None:
         return handler
 
     def audio(session: object, event: ServerEvent) -> None:
-        # Counted from the base64 text: decoding it a second time (the speaker decodes it)
-        # would cost more than the rest of the counting.
-        delta = event.get_str("delta")
-        stats.add("response_audio_bytes",
-                  len(delta) * 3 // 4 - (delta.endswith("=") + delta.endswith("==")))
+        # Decoding is also what finds a malformed delta when nothing plays the audio. With
+        # playback on the speaker decodes it a second time (0.18 ms of CPU per second of
+        # answer, measured in make bench): one decode for both is a job for issue 12.
+        stats.add("response_audio_bytes", len(decode_audio_delta(event)))
 
     dispatcher.on_every(count("server_events"))
     dispatcher.on(count("speech_turns"), "input_audio_buffer.speech_started")
