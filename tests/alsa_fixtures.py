@@ -126,6 +126,23 @@ class FakeMic:
 
 
 @contextlib.contextmanager
+def _alsa_config_path(config: Path | None) -> Iterator[None]:
+    """Point os.environ's ALSA_CONFIG_PATH at ``config`` for the block (None: leave it)."""
+    if config is None:
+        yield
+        return
+    previous = os.environ.get("ALSA_CONFIG_PATH")
+    os.environ["ALSA_CONFIG_PATH"] = str(config)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ALSA_CONFIG_PATH", None)
+        else:
+            os.environ["ALSA_CONFIG_PATH"] = previous
+
+
+@contextlib.contextmanager
 def fake_microphone(
     directory: str | Path,
     *,
@@ -181,19 +198,12 @@ def fake_microphone(
         extra=extra_config,
     )
     env = {"ALSA_CONFIG_PATH": str(config)}
-    previous = os.environ.get("ALSA_CONFIG_PATH")
     try:
         if writer is not None:
             writer.start()
-        if set_environ:
-            os.environ["ALSA_CONFIG_PATH"] = str(config)
-        yield FakeMic(env, pcm_name, writer, config, infile, rate, channels, chunk)
+        with _alsa_config_path(config if set_environ else None):
+            yield FakeMic(env, pcm_name, writer, config, infile, rate, channels, chunk)
     finally:
-        if set_environ:
-            if previous is None:
-                os.environ.pop("ALSA_CONFIG_PATH", None)
-            else:
-                os.environ["ALSA_CONFIG_PATH"] = previous
         stopped = writer is None or writer.stop(timeout=5.0)
     # Only reached without an exception in flight, so it never masks the test's own error.
     if not stopped:
@@ -323,17 +333,10 @@ def fake_speaker(
     reader = SpeakerReader(fifo)
     reader.start()
     env = {"ALSA_CONFIG_PATH": str(config)}
-    previous = os.environ.get("ALSA_CONFIG_PATH")
     try:
-        if set_environ:
-            os.environ["ALSA_CONFIG_PATH"] = str(config)
-        yield FakeSpeaker(env, pcm_name, reader, config, text, fifo, rate, channels)
+        with _alsa_config_path(config if set_environ else None):
+            yield FakeSpeaker(env, pcm_name, reader, config, text, fifo, rate, channels)
     finally:
-        if set_environ:
-            if previous is None:
-                os.environ.pop("ALSA_CONFIG_PATH", None)
-            else:
-                os.environ["ALSA_CONFIG_PATH"] = previous
         stopped = reader.stop(timeout=5.0)
     if not stopped:
         raise RuntimeError(f"speaker reader {reader.name} did not stop in 5 s")

@@ -354,14 +354,20 @@ class FifoWriter(threading.Thread):
         return done, False
 
 
-def make_fifo_microphone(directory: Path, pcm_name: str, rate: int,
-                         channels: int) -> tuple[Path, Path]:
-    """Create the FIFO and the ALSA config; returns (fifo, config) for ALSA_CONFIG_PATH."""
+def make_fifo(directory: Path, pcm_name: str) -> Path:
+    """A fresh FIFO ``<directory>/<pcm_name>.fifo`` (a stale one is replaced)."""
     directory.mkdir(parents=True, exist_ok=True)
     fifo = directory / f"{pcm_name}.fifo"
     with contextlib.suppress(FileNotFoundError):
         fifo.unlink()
     os.mkfifo(fifo)
+    return fifo
+
+
+def make_fifo_microphone(directory: Path, pcm_name: str, rate: int,
+                         channels: int) -> tuple[Path, Path]:
+    """Create the FIFO and the ALSA config; returns (fifo, config) for ALSA_CONFIG_PATH."""
+    fifo = make_fifo(directory, pcm_name)
     config = directory / f"{pcm_name}.asoundrc"
     config.write_text(alsa_config_text(fifo, rate, channels, pcm_name))
     return fifo, config

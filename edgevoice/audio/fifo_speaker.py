@@ -36,7 +36,7 @@ import time
 import wave
 from pathlib import Path
 
-from edgevoice.audio.fifo_mic import _F_GETPIPE_SZ, SYSTEM_ALSA_CONF
+from edgevoice.audio.fifo_mic import _F_GETPIPE_SZ, SYSTEM_ALSA_CONF, make_fifo
 
 _F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 WAV_HEADER = 44
@@ -69,11 +69,7 @@ pcm.{pcm_name} {{
 def make_fifo_speaker(directory: Path, pcm_name: str, rate: int,
                       channels: int) -> tuple[Path, str]:
     """Create the FIFO; returns (fifo, config text without the ``<alsa.conf>`` include)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fifo = directory / f"{pcm_name}.fifo"
-    with contextlib.suppress(FileNotFoundError):
-        fifo.unlink()
-    os.mkfifo(fifo)
+    fifo = make_fifo(directory, pcm_name)
     return fifo, speaker_config_text(fifo, rate, channels, pcm_name)
 
 
