@@ -168,9 +168,10 @@ def run(stage: str, rate: int, channels: int, seconds: float, *,
     frames = [answer_frames(ANSWER_S, n) for n in range(answers)]
     deltas = sum(f.count('"type":"response.output_audio.delta"') for a in frames for f in a)
     audio_s = deltas * DELTA_MS / 1000
-    # Never opened: no PortAudio, only its buffer and resamplers. Without the callback's
+    # No PortAudio stream, only its buffer and resamplers. Without the callback's
     # pulls ("play") nothing drains, so the buffer holds all of it (nothing dropped).
     sink = PyAudioSink(rate=rate, buffer_s=5.0 if stage == "drain" else seconds + 10)
+    sink._stream = object()  # "open" without PortAudio: a closed sink drops what it is given
     speaker: Any = sink if stage in ("play", "drain") else NullSpeaker()
     dispatcher = build_dispatcher(speaker, daemon_set=daemon_set)
     session = cast(RealtimeSession, StandInSession())

@@ -11,7 +11,7 @@ import enum
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -211,6 +211,9 @@ def audio_append(pcm: bytes) -> dict[str, Any]:
 class ServerEvent:
     type: str  # GA name, beta names normalised
     data: dict[str, Any]
+    # The decoded audio of a delta, once: every handler that wants it (the counters, the
+    # speaker) shares one base64 decode per delta.
+    _audio: bytes | None = field(default=None, compare=False, repr=False)
 
     def get_str(self, key: str) -> str:
         value = self.data.get(key)
@@ -325,7 +328,15 @@ def _short(text: str, limit: int = 120) -> str:
 
 
 def decode_audio_delta(event: ServerEvent) -> bytes:
-    """The PCM of an audio delta; MalformedEvent if it is not base64."""
+    """The PCM of an audio delta (decoded once per event); MalformedEvent if not base64."""
+    if event._audio is not None:
+        return event._audio
+    pcm = _decode_delta(event)
+    object.__setattr__(event, "_audio", pcm)  # frozen: the cache is not part of its value
+    return pcm
+
+
+def _decode_delta(event: ServerEvent) -> bytes:
     try:
         pcm = base64.b64decode(event.get_str("delta"), validate=True)
     except ValueError as exc:
