@@ -27,9 +27,7 @@ EXIT_USAGE = 2  # what argparse exits with for a usage error
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "func", None) is not _devserver_missing:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # exits 2, as parse_args
+    args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         # No command is a usage error: the help, on stderr, and argparse's exit code.
         parser.print_help(sys.stderr)
@@ -55,25 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run_command, check, devices, status, ctl):
         command.register(sub)
 
+    from edgevoice.devserver.main import add_arguments  # options only: no websockets
+
     devserver = sub.add_parser(
         "devserver", help="run the local Realtime-compatible server (websockets >= 13)")
-    missing = _devserver_missing_reason()
-    if missing is None:
-        try:
-            from edgevoice.devserver.main import add_arguments
-        except ImportError as exc:
-            missing = f"edgevoice: the devserver cannot be imported: {exc}"
-    if missing is not None:
-        devserver.set_defaults(func=_devserver_missing, devserver_missing=missing)
-    else:
-        add_arguments(devserver)
-        devserver.set_defaults(func=_cmd_devserver)
+    add_arguments(devserver)
+    devserver.set_defaults(func=_cmd_devserver)
     return parser
 
 
 def _cmd_devserver(args: argparse.Namespace) -> int:
-    from edgevoice.devserver.main import run
-
+    # Checked when the server is asked for, not at every start of the command line.
+    missing = _devserver_missing_reason()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        from edgevoice.devserver.main import run
+    except ImportError as exc:
+        print(f"edgevoice: the devserver cannot be imported: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return run(args)
 
 
@@ -99,12 +98,6 @@ def _devserver_missing_reason() -> str | None:
             "(python3 -m venv --system-site-packages /opt/ev && /opt/ev/bin/pip install "
             "'websockets>=13', then /opt/ev/bin/python3 -m edgevoice devserver) or "
             "pip install 'edgevoice[devserver]'")
-
-
-def _devserver_missing(args: argparse.Namespace) -> int:
-    print(getattr(args, "devserver_missing", "edgevoice: the devserver is not available"),
-          file=sys.stderr)
-    return EXIT_FAILURE
 
 
 __all__ = ["build_parser", "main"]

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from .responses import RESPONSE_SPEED
-from .server import DevServer, ws_log
 
 
 def _positive(text: str) -> float:
@@ -92,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 when stopped on request, 1 when it cannot start."""
+    from .server import DevServer, ws_log  # websockets: only when the server runs
+
     quiet = bool(getattr(args, "quiet", False))
     logger = logging.getLogger("edgevoice.devserver")
     if not logger.handlers and not logging.getLogger().handlers:
