@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from edgevoice.audio.alsa_quiet import quiet_stderr
 from edgevoice.errors import AudioDeviceError
@@ -49,39 +49,13 @@ class DeviceInfo:
     host_api: str = ""
 
 
-def _default_input_index(pa: PortAudioLike) -> int:
-    try:
-        return int(pa.get_default_input_device_info()["index"])
-    except (OSError, KeyError, ValueError):  # PyAudio raises IOError when there is none
-        return -1
-
-
 def input_devices(pa: PortAudioLike) -> list[DeviceInfo]:
     """Every device of an initialised PortAudio that has at least one input channel."""
-    default_index = _default_input_index(pa)
-    devices: list[DeviceInfo] = []
-    for index in range(pa.get_device_count()):
-        try:
-            info = pa.get_device_info_by_index(index)
-        except (OSError, ValueError):
-            continue
-        channels = int(info.get("maxInputChannels", 0))
-        if channels <= 0:
-            continue
-        host_api = ""
-        with suppress(OSError, KeyError, ValueError, TypeError):
-            host_api = str(pa.get_host_api_info_by_index(int(info["hostApi"]))["name"])
-        devices.append(
-            DeviceInfo(
-                index=index,
-                name=str(info.get("name", f"device {index}")),
-                max_input_channels=channels,
-                default_sample_rate=float(info.get("defaultSampleRate", 0.0)),
-                is_default=index == default_index,
-                host_api=host_api,
-            )
-        )
-    return devices
+    # One enumeration for both directions (`_entries`); input lookup needs only the input
+    # half of PortAudio's API, which is all it calls for "input".
+    return [DeviceInfo(e.index, e.name, e.channels, e.default_sample_rate, e.is_default,
+                       e.host_api)
+            for e in _entries(cast("PortAudioSurveyable", pa), "input")]
 
 
 def list_input_devices(pa: PortAudioLike | None = None) -> list[DeviceInfo]:
