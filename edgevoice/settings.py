@@ -121,6 +121,11 @@ class SessionSettings:
     transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
     language: str | None = None
     noise_reduction: Literal["near_field", "far_field", "none"] = "none"
+    # Audio on the wire: pcm (24 kHz PCM16) or G.711 (pcmu, pcma: 8 kHz, 64 kbit/s) for
+    # metered links. The microphone is resampled and encoded on the device; answers in
+    # G.711 are decoded before playback.
+    input_format: Literal["pcm", "pcmu", "pcma"] = "pcm"
+    output_format: Literal["pcm", "pcmu", "pcma"] = "pcm"
     # User and assistant turns re-sent (as text) to a new session after a rollover or a
     # reconnect, so the assistant still knows what was said; 0 = none.
     carry_turns: int = 4
@@ -132,6 +137,34 @@ class StreamSettings:
 
     outage_buffer_s: float = 30.0
     replay: bool = True
+    # What opens the microphone to the server: always, vad (local speech detector) or
+    # wakeword (a wake word, then speech until the turn ends).
+    gate: Literal["always", "vad", "wakeword"] = "always"
+    # energy (built in) or micro (pymicro-vad, the optional extra `vad`).
+    vad: Literal["energy", "micro"] = "energy"
+    preroll_ms: int = 300
+    # Audio sent after speech ends; "auto" = session.silence_duration_ms + 200.
+    hangover_ms: Literal["auto"] | int = "auto"
+    # An utterance is cut (and, with turn_detection none, committed) after this long.
+    max_utterance_s: float = 30.0
+    wake_word: Literal["okay_nabu", "hey_jarvis", "hey_mycroft", "alexa"] = "okay_nabu"
+    wake_threshold: float | None = None  # null: the model's own cutoff
+    send_wake_word: bool = False
+    follow_up_s: float = 5.0
+    max_streamed_s_per_day: float | None = None  # null: no cap
+
+
+@dataclass(frozen=True)
+class TranscriptsSettings:
+    """Where completed transcripts go besides the journal (JSON lines)."""
+
+    # "auto": $STATE_DIRECTORY/transcripts.jsonl (systemd) or ./transcripts.jsonl; a
+    # relative path is under $STATE_DIRECTORY when systemd set it; null = none.
+    jsonl_file: Literal["auto"] | str | None = None
+    max_bytes: int = 10 * 1024 * 1024  # rotated at this size
+    keep: int = 5  # rotated files kept
+    # Unix stream socket, mode 0660; "auto": $RUNTIME_DIRECTORY/transcripts.sock; null = none.
+    socket: Literal["auto"] | str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +212,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    transcripts: TranscriptsSettings = field(default_factory=TranscriptsSettings)
     reconnect: ReconnectSettings = field(default_factory=ReconnectSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -215,6 +249,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "session.prefix_padding_ms": (0, 10000),
     "session.silence_duration_ms": (0, 10000),
     "stream.outage_buffer_s": (0, 3600),
+    "stream.preroll_ms": (0, 2000),
+    "stream.hangover_ms": (0, 10000),
+    "stream.max_utterance_s": (1, 600),
+    "stream.wake_threshold": (0.0, 1.0),
+    "stream.follow_up_s": (0, 120),
+    "stream.max_streamed_s_per_day": (1, 86400),
+    "transcripts.max_bytes": (4096, 1 << 40),
+    "transcripts.keep": (1, 100),
     "reconnect.initial_s": (0.01, 3600),
     "reconnect.max_s": (0.01, 86400),
     "reconnect.multiplier": (1.0, 100),
@@ -516,11 +558,20 @@ def check_settings(s: Settings) -> None:
             "playback.enabled: true needs session.mode: conversation (a transcription "
             "session has no answers to play)"
         )
-    if s.session.turn_detection == "none":
+    if s.session.turn_detection == "none" and s.stream.gate == "always":
         raise ConfigError(
-            "session.turn_detection: none needs edgevoice to commit turns itself, which comes "
-            "with the local speech gate (not built yet); use server_vad or semantic_vad"
+            "session.turn_detection: none needs stream.gate: vad or wakeword (the local gate "
+            "decides where a turn ends and commits it); with stream.gate: always use "
+            "server_vad or semantic_vad"
         )
+    if (isinstance(s.stream.hangover_ms, int) and s.session.turn_detection == "server_vad"
+            and s.stream.hangover_ms < s.session.silence_duration_ms):
+        raise ConfigError(
+            f"stream.hangover_ms: {s.stream.hangover_ms} is below session.silence_duration_ms "
+            f"{s.session.silence_duration_ms}: the server would never see the silence that "
+            "ends a turn (use auto, or at least silence_duration_ms + 200)"
+        )
+    _check_extras(s)
     if s.reconnect.max_s < s.reconnect.initial_s:
         raise ConfigError(
             f"reconnect.max_s: {s.reconnect.max_s:g} is below reconnect.initial_s "
@@ -530,6 +581,37 @@ def check_settings(s: Settings) -> None:
     _check_headers(s.server.headers)
     if s.server.ca_file is not None:
         _check_ca_file(s.server.ca_file)
+
+
+# Settings that need an optional extra: (module, extra, what to install).
+_EXTRAS = {"vad": ("pymicro_vad", "vad", "pymicro-vad"),
+           "wakeword": ("pymicro_wakeword", "wakeword", "pymicro-wakeword>=2,<3")}
+
+
+def hangover_ms(s: Settings) -> int:
+    """`stream.hangover_ms` resolved: long enough for the server's VAD to end the turn."""
+    if isinstance(s.stream.hangover_ms, int):
+        return s.stream.hangover_ms
+    return s.session.silence_duration_ms + 200
+
+
+def _check_extras(s: Settings) -> None:
+    """A setting that needs a package Debian lacks says which, and how to get it."""
+    import importlib.util
+
+    wanted: list[tuple[str, str]] = []
+    if s.stream.gate == "wakeword":
+        wanted.append(("stream.gate: wakeword", "wakeword"))
+    if s.stream.gate != "always" and s.stream.vad == "micro":
+        wanted.append(("stream.vad: micro", "vad"))
+    for key, extra in wanted:
+        module, name, requirement = _EXTRAS[extra]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{key} needs the optional extra `{name}` ({requirement}), which is not "
+                f"installed: pip install 'edgevoice[{name}]' in the daemon's virtualenv "
+                "(see README, 'Optional extras')"
+            )
 
 
 def _check_url(url: str) -> None:

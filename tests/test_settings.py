@@ -63,10 +63,12 @@ def test_yaml_booleans_for_on_off_words() -> None:
     s = parse_settings("logging: {journald: off}\nsession: {noise_reduction: off}")
     assert s.logging.journald == "off" and s.session.noise_reduction == "none"
     assert parse_settings("logging: {journald: on}").logging.journald == "on"
-    # turn_detection: off reads as "none", which is refused until edgevoice commits turns.
-    with pytest.raises(ConfigError, match=r"session.turn_detection: none needs edgevoice to "
-                                          r"commit turns itself"):
+    # turn_detection: off reads as "none", which needs the local gate to commit turns.
+    with pytest.raises(ConfigError, match=r"session.turn_detection: none needs stream.gate: "
+                                          r"vad or wakeword"):
         parse_settings("session: {turn_detection: off}")
+    s = parse_settings("session: {turn_detection: off}\nstream: {gate: vad}")
+    assert s.session.turn_detection == "none"
 
 
 @pytest.mark.parametrize(

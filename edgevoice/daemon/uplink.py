@@ -182,7 +182,7 @@ class Uplink(Worker):
     def _send_to_current(self, session: SessionLink, item: QueuedItem) -> None:
         try:
             if isinstance(item, AudioChunk):
-                session.send_audio(item.pcm, item.rms_dbfs)
+                session.send_audio(item.pcm, item.rms_dbfs, item.captured_at)
             else:
                 session.send_event(item.event)
         except ConnectionLost as exc:

@@ -11,6 +11,7 @@ import threading
 from typing import Any, Protocol
 
 from edgevoice.errors import EdgeVoiceError
+from edgevoice.realtime.timeline import AudioTimeline
 from edgevoice.settings import SessionSettings
 
 
@@ -27,6 +28,7 @@ class SessionLink(Protocol):
     reader_beat: float
     probe_sent_at: float | None
     produced_audio: bool
+    timeline: AudioTimeline  # what of the microphone this session got, and when
 
     @property
     def settings(self) -> SessionSettings: ...
@@ -34,7 +36,8 @@ class SessionLink(Protocol):
     # the connect thread
     def establish(self, cancel: threading.Event) -> None: ...
     # the sender thread only
-    def send_audio(self, pcm: bytes, rms_dbfs: float) -> None: ...
+    def send_audio(self, pcm: bytes, rms_dbfs: float,
+                   captured_at: float | None = None) -> None: ...
     def send_event(self, event: dict[str, Any]) -> None: ...
     def ping_if_due(self) -> None: ...
     # the supervisor

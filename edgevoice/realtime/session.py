@@ -32,6 +32,7 @@ from edgevoice.realtime import protocol
 from edgevoice.realtime.dispatch import EventDispatcher
 from edgevoice.realtime.link import Outbox
 from edgevoice.realtime.protocol import MalformedEvent, ServerError, ServerEvent
+from edgevoice.realtime.timeline import AudioTimeline
 from edgevoice.realtime.transport import Transport
 from edgevoice.settings import SessionSettings
 
@@ -120,6 +121,7 @@ class RealtimeSession:
         now = clock()
         self.last_event_at = now
         self.last_speech_sent_at = 0.0
+        self.timeline = AudioTimeline()
         self.probe_sent_at: float | None = None
         self._probe_id = ""
         self._lock = threading.Lock()
@@ -267,15 +269,20 @@ class RealtimeSession:
                                         daemon=True)
         self._reader.start()
 
-    def send_audio(self, pcm: bytes, rms_dbfs: float) -> None:
-        """Called by the sender thread only."""
+    def send_audio(self, pcm: bytes, rms_dbfs: float, captured_at: float | None = None) -> None:
+        """Called by the sender thread only. `pcm` is 24 kHz PCM16 (the capture pipeline's
+        format); `captured_at` (monotonic) maps the session's audio offsets back to the
+        microphone (`timeline`)."""
         self._transport.send_event(protocol.audio_append(pcm))
+        self.timeline.add(len(pcm) * 1000 / (2 * protocol.INPUT_RATE), captured_at)
         if rms_dbfs > SPEECH_DBFS:
             self.last_speech_sent_at = self._clock()
 
     def send_event(self, event: dict[str, Any]) -> None:
         """Called by the sender thread only; remembers the type to explain server errors."""
         event_id = event.setdefault("event_id", protocol.new_event_id())
+        if event.get("type") == "input_audio_buffer.commit":
+            self.timeline.mark_commit()
         with self._lock:
             self._sent_types[event_id] = str(event.get("type", "?"))
             while len(self._sent_types) > SENT_TYPES_KEPT:
