@@ -26,7 +26,7 @@ EXIT_USAGE = 2  # what argparse exits with for a usage error
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         # No command is a usage error: the help, on stderr, and argparse's exit code.
@@ -41,8 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (also rendered as the man page, debian/make-manpage.py)."""
+def _command(argv: list[str]) -> str | None:
+    """The command word: the first argument that is not an option (the top level has only
+    --help and --version, which take no value)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line (also rendered as the man page, debian/make-manpage.py).
+
+    `command`: the one about to run. Another command than the devserver skips the
+    devserver's options: defining them imports `edgevoice.devserver.main` (asyncio and the
+    server's modules, about 2 MB and 25 ms at every start of the daemon)."""
     parser = argparse.ArgumentParser(
         prog="edgevoice",
         description="Stream a microphone into a Realtime speech session, reliably.",
@@ -50,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevoice {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    for command in (run_command, check, devices, status, ctl):
-        command.register(sub)
-
-    from edgevoice.devserver.main import add_arguments  # options only: no websockets
+    for module in (run_command, check, devices, status, ctl):
+        module.register(sub)
 
     devserver = sub.add_parser(
         "devserver", help="run the local Realtime-compatible server (websockets >= 13)")
-    add_arguments(devserver)
+    if command is None or command not in sub.choices or command == "devserver":
+        from edgevoice.devserver.main import add_arguments  # options only: no websockets
+
+        add_arguments(devserver)
     devserver.set_defaults(func=_cmd_devserver)
     return parser
 

@@ -156,8 +156,12 @@ def fake_microphone(
     set_environ: bool = True,
     pcm_name: str = PCM_NAME,
     extra_config: str = "",
+    speed: float = 1.0,
 ) -> Iterator[FakeMic]:
     """An ALSA capture PCM ``pcm_name`` delivering ``signal`` at ``rate``/``channels``.
+
+    ``speed``: the FIFO writer delivers this many seconds of audio per second (the PCM
+    does not pace itself), for tests whose timing does not matter.
 
     ``fifo=True``: a FIFO fed in real time by a started ``FifoWriter`` holding its keeper
     descriptor (whole chunks of ``chunk_frames``, default ``rate * block_ms / 1000`` to match
@@ -178,7 +182,7 @@ def fake_microphone(
         os.mkfifo(infile)
         writer = FifoWriter(
             infile,
-            rate=rate,
+            rate=round(rate * speed),
             channels=channels,
             chunk_frames=chunk,
             signal=signal,

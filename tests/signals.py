@@ -136,3 +136,40 @@ def _espeak(text: str, rate: int) -> Int16Array | None:
         except (OSError, subprocess.SubprocessError, AudioDeviceError):
             return None
     return samples if got_rate == rate and samples.size else None
+
+
+def fan_noise(seconds: float, rate: int = 24000, *, seed: int = 5,
+              rms: float = 300.0) -> Float64Array:
+    """A fan, an extractor hood, a fridge: rumble (noise below about 400 Hz) with mains
+    hum at 50 and 100 Hz, and a little hiss in the voice band; stationary. ``rms`` about
+    300 is -40 dBFS. Float, to be added to other signals and clipped once."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * rate)
+    spectrum = np.fft.rfft(rng.normal(0.0, 1.0, n))
+    freqs = np.fft.rfftfreq(n, 1.0 / rate)
+    rumble = np.fft.irfft(spectrum / np.sqrt(1.0 + (freqs / 400.0) ** 4), n)
+    hiss_band = (freqs > 500) & (freqs < 4000)
+    hiss = np.fft.irfft(np.where(hiss_band, spectrum, 0), n)
+    t = np.arange(n) / rate
+    out = rumble / np.std(rumble) * rms + hiss / np.std(hiss) * rms * 0.15
+    out += rms * 0.8 * np.sin(2 * np.pi * 50 * t) + rms * 0.4 * np.sin(2 * np.pi * 100 * t)
+    result: Float64Array = out
+    return result
+
+
+def keyboard_clicks(seconds: float, rate: int = 24000, *, seed: int = 7,
+                    per_s: float = 6.0, amplitude: float = 8000.0) -> Float64Array:
+    """Typing: a key's press and release (a 4 ms decaying burst each, 50-100 ms apart) at
+    random moments, ``per_s`` keys a second; loud (peaks near -12 dBFS) and short."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * rate)
+    out = np.zeros(n)
+    length = round(0.004 * rate)
+    envelope = np.exp(-np.arange(length) / (0.0008 * rate))
+    at = 0.1
+    while at < seconds - 0.15:
+        for offset, gain in ((0.0, 1.0), (rng.uniform(0.05, 0.1), 0.6)):
+            i = round((at + offset) * rate)
+            out[i:i + length] += amplitude * gain * rng.normal(0.0, 1.0, length) * envelope
+        at += rng.exponential(1.0 / per_s) + 0.12
+    return out

@@ -428,6 +428,29 @@ def test_downmix_cannot_overflow() -> None:
     np.testing.assert_array_equal(downmix(three, 3), [2, -3])
 
 
+def test_stereo_downmix_is_the_floor_of_the_average_for_every_sample() -> None:
+    # The stereo path (add and shift) against the definition, on every int16 value.
+    rng = np.random.default_rng(7)
+    raw = rng.permutation(np.arange(-32768, 32768, dtype=np.int32)).astype(np.int16)
+    expected = np.floor(raw.reshape(-1, 2).astype(np.float64).mean(axis=1)).astype(np.int16)
+    np.testing.assert_array_equal(downmix(raw, 2), expected)
+    np.testing.assert_array_equal(downmix(raw[:7], 2), expected[:3])  # odd: last frame cut
+
+
+def test_a_late_callback_of_a_closed_stream_is_never_delivered() -> None:
+    src = PyAudioSource("unused", rate=16000, channels=1)
+    old = src._make_callback(src._generation, 1)
+    src.close()  # a stream that was never open: only the generation moves on
+    old(np.array([1, 2], dtype=np.int16).tobytes(), 2, {}, 0)
+    new = src._make_callback(src._generation, 1)
+    new(np.array([3, 4], dtype=np.int16).tobytes(), 2, {}, 0)
+    block = src.read(0)
+    assert block is not None
+    np.testing.assert_array_equal(block.samples, [3, 4])
+    with pytest.raises(AudioDeviceError):
+        src.read(0)  # nothing else queued, and not open
+
+
 # -- ALSA noise ------------------------------------------------------------------------------
 
 _OPEN_AND_READ = textwrap.dedent(

@@ -167,19 +167,24 @@ def test_mute_state_path() -> None:
 # -- mute in the backlog, status line, say events ----------------------------------------
 
 
-def test_mute_drops_queued_audio_refuses_new_and_keeps_events() -> None:
+def test_mute_drops_queued_audio_and_its_commit_refuses_new_and_keeps_urgent() -> None:
     dropped: list[int] = []
     backlog = ChunkBacklog(10, on_mute_drop=dropped.append)
     chunks = [AudioChunk(b"\0\0" * 480, -60.0, 0.0, i) for i in range(4)]
-    event = ClientEvent({"type": "input_audio_buffer.commit"})
-    for item in (chunks[0], chunks[1], event, chunks[2]):
+    commit = ClientEvent({"type": "input_audio_buffer.commit"})  # the speech gate's
+    urgent = ClientEvent({"type": "response.cancel"}, urgent=True)
+    for item in (chunks[0], chunks[1], commit, chunks[2]):
         assert backlog.put(item)
+    backlog.put_urgent(urgent)
     assert backlog.set_muted(True) == 3
     assert dropped == [3]
     assert not backlog.put(chunks[3])
     backlog.push_front([chunks[0]])  # the sender gives a chunk back: dropped, counted
     assert dropped == [3, 1]
-    assert len(backlog) == 1 and backlog.get(0) is event
+    # The commit closed audio that is gone (and the mute clears the server's buffer): an
+    # empty commit and an answer to nothing must not follow the mute.
+    assert len(backlog) == 0
+    assert backlog.get(0) is urgent and backlog.get(0) is None
     assert backlog.set_muted(False) == 0
     assert backlog.put(chunks[3]) and len(backlog) == 1
 

@@ -72,6 +72,9 @@ def full_snapshot() -> dict[str, Any]:
         last_server_event_age_s=0.4, uplink_queue_chunks=3,
         seconds_captured=round(counters["audio_bytes_captured"] / BYTES_PER_S, 2),
         seconds_streamed=round(counters["audio_bytes_sent"] / BYTES_PER_S, 2),
+        streamed_ratio=0.25, session_seconds_captured=40.0, session_seconds_streamed=9.5,
+        session_streamed_ratio=0.2375, streamed_today_s=812.5, max_streamed_s_per_day=1800.0,
+        capped=False, capped_reason="", capped_until=None,
     )
     return snap
 

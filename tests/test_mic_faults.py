@@ -63,6 +63,9 @@ def test_closed_writer_is_noticed(server: DevServer, tmp_path: Path) -> None:
             env = {**mic.env, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "2000000"}
             with running_daemon(tmp_path, mic_config(mic.device, server.url), env=env) as d:
                 assert d.wait_log(r"streaming to", 20), d.log()
+                # The FIFO must be open before its writer goes: closed before the daemon
+                # opened it, the device's open (in PortAudio) would wait for a writer.
+                assert d.wait_log(r"capturing from", 20), d.log()
                 mic.writer.close()
                 assert d.wait_log(r"microphone delivers (repeated buffer|digital "
                                   r"silence) for 2s|withholding keep-alive, no audio data", 10), \

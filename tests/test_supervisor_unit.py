@@ -8,7 +8,10 @@ Connect attempts still run on the supervisor's own helper threads.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +21,14 @@ from fakes import FakeClock, ScriptedTransport, wait_until
 
 from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
 from edgevoice.daemon.stats import Stats
-from edgevoice.daemon.supervisor import DRAIN_OLD_SESSION_S, REPLAY_GUARD_S, Supervisor
+from edgevoice.daemon.supervisor import (
+    DRAIN_OLD_SESSION_S,
+    IDLE_TICK_S,
+    REPLAY_GUARD_S,
+    TICK_S,
+    Supervisor,
+    Waker,
+)
 from edgevoice.daemon.uplink import Uplink
 from edgevoice.errors import ConnectionLost, EdgeVoiceError
 from edgevoice.realtime.link import SessionLink
@@ -464,3 +474,59 @@ def test_a_next_session_that_keeps_failing_is_retried_with_backoff() -> None:
     finally:
         for session in rig.sessions:
             session.abort()
+
+
+def test_the_loop_ticks_often_only_while_something_is_under_way(rig: Rig) -> None:
+    """Issue 12: an idle main loop sleeps until something is due (at most IDLE_TICK_S)."""
+    assert rig.supervisor._wait_s(rig.clock()) == TICK_S  # connecting
+    session = connected(rig)
+    assert rig.supervisor._wait_s(rig.clock()) == IDLE_TICK_S  # streaming, nothing due
+    due: list[float | None] = [0.2]
+    rig.supervisor._next_tick_in = lambda: due[0]
+    assert rig.supervisor._wait_s(rig.clock()) == 0.2  # the caller's ping or file is due
+    due[0] = None
+    rig.supervisor.deadline = rig.clock() + 0.3  # `run --duration`
+    assert rig.supervisor._wait_s(rig.clock()) == pytest.approx(0.3)
+    rig.supervisor.deadline = None
+    session.fail(ConnectionLost("reset"))
+    assert rig.supervisor._wait_s(rig.clock()) == TICK_S  # a failure to act on
+
+
+def test_a_signal_ends_the_loops_sleep_at_once() -> None:
+    """The handlers of SIGTERM and SIGHUP only set flags; the wake-up fd ends the wait."""
+    got: list[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    waker = Waker()
+    waker.open()  # pytest runs tests in the main thread: the signal wake-up fd is set
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        started = time.monotonic()
+        waker.wait(30.0)
+        assert got == [signal.SIGUSR1]
+        assert time.monotonic() - started < 15.0  # not the full wait (bound: no hang)
+    finally:
+        timer.cancel()
+        waker.close()
+        signal.signal(signal.SIGUSR1, old)
+    assert signal.set_wakeup_fd(-1) == -1  # closing restored the previous (none)
+
+
+def test_a_threads_wake_ends_the_sleep_and_a_closed_waker_ignores_it() -> None:
+    waker = Waker()
+    waker.wake()  # not open yet: nothing to wake, no error
+    waker.open()
+    try:
+        threading.Timer(0.05, waker.wake).start()
+        started = time.monotonic()
+        waker.wait(30.0)
+        assert time.monotonic() - started < 15.0
+        waker.wake()
+        waker.wake()
+        waker.wait(30.0)  # both pending wake-ups end one wait, and are consumed by it:
+        started = time.monotonic()
+        waker.wait(0.05)
+        assert time.monotonic() - started >= 0.04  # the next wait sleeps its full time
+    finally:
+        waker.close()
+    waker.wake()  # closed: a late request_stop() from a thread is harmless

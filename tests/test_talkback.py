@@ -39,7 +39,8 @@ class FakeSpeaker:
         self.current: tuple[str, int] | None = None
         self.ended: set[str] = set()
 
-    def play(self, item_id: str, content_index: int, pcm24k: bytes) -> None:
+    def play(self, item_id: str, content_index: int, pcm24k: bytes,
+             rate: int = 24000) -> None:
         with self.lock:
             self.calls.append(("play", (item_id, len(pcm24k))))
             self.queued[item_id] = self.queued.get(item_id, 0) + len(pcm24k)
@@ -299,7 +300,8 @@ class RealTimeSpeaker:
             return 0
         return min(got_ms, int((time.monotonic() - start) * 1000))
 
-    def play(self, item_id: str, content_index: int, pcm24k: bytes) -> None:
+    def play(self, item_id: str, content_index: int, pcm24k: bytes,
+             rate: int = 24000) -> None:
         with self.lock:
             if self.flushed is not None:
                 self.after_flush.append(item_id)

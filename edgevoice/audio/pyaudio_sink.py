@@ -6,10 +6,11 @@ buffer (``edgevoice.audio.playback.PlaybackBuffer``, one short lock, numpy copie
 duplicates it to every channel when the device needs more than one, measures its level
 and returns it. It never waits for anything but that lock.
 
-``play()`` runs on the session's reader thread: it resamples the 24 kHz delta to the device
-rate with one ``StreamingResampler`` per item (``end_of_item`` flushes the filter's tail)
-outside the lock, then queues it. It never blocks: when ``buffer_s`` of device audio is
-queued the oldest frames are dropped and counted (``stats.dropped_frames``).
+``play()`` runs on the session's reader thread: it resamples the delta (24 kHz PCM, or
+8 kHz decoded G.711) to the device rate with one ``StreamingResampler`` per item
+(``end_of_item`` flushes the filter's tail) outside the lock, then queues it. It never
+blocks: when ``buffer_s`` of device audio is queued the oldest frames are dropped and
+counted (``stats.dropped_frames``).
 
 ``played_ms`` is what the callback consumed of an item less the output latency PortAudio
 reports (``stream.get_output_latency()``), never negative; once an item finished playing
@@ -111,7 +112,7 @@ def choose_output(pa: Any, dev: DeviceEntry, requested: int | None) -> tuple[int
 
 
 class PyAudioSink:
-    """Play assistant audio (24 kHz mono PCM16 per item) on a PortAudio output device."""
+    """Play assistant audio (mono PCM16 per item, 24 or 8 kHz) on a PortAudio output device."""
 
     def __init__(
         self,
@@ -276,8 +277,9 @@ class PyAudioSink:
 
     # -- feeding --------------------------------------------------------------------------
 
-    def play(self, item_id: str, content_index: int, pcm24k: bytes) -> None:
-        """Queue 24 kHz mono PCM16 of one item (resampled to the device rate).
+    def play(self, item_id: str, content_index: int, pcm: bytes, rate: int = WIRE_RATE) -> None:
+        """Queue mono PCM16 of one item at `rate` (24 kHz, or 8 kHz from G.711), resampled
+        to the device rate. An item keeps the rate of its first delta.
 
         Never blocks beyond a short lock. Call it while open: open() starts a fresh buffer,
         so audio given before it (or while closed) is not played.
@@ -285,16 +287,16 @@ class PyAudioSink:
         if self._stream is None:
             # No speaker (unplugged, or not there yet): the answer is not kept for later,
             # and nothing counts as playing (the echo gate must not hold the microphone).
-            self._buffer.stats.dropped_frames += len(pcm24k) // 2
+            self._buffer.stats.dropped_frames += len(pcm) // 2 * WIRE_RATE // rate
             return
         # A view of the decoded bytes, no copy (an odd trailing byte is ignored).
-        view = memoryview(pcm24k)[: len(pcm24k) // 2 * 2]
+        view = memoryview(pcm)[: len(pcm) // 2 * 2]
         samples = np.frombuffer(view, dtype="<i2").astype(np.int16, copy=False)
         with self._lock:
             buffer = self._buffer
             entry = self._resamplers.get(item_id)
             if entry is None:
-                entry = (StreamingResampler(WIRE_RATE, buffer.rate), content_index)
+                entry = (StreamingResampler(rate, buffer.rate), content_index)
                 self._resamplers[item_id] = entry
                 while len(self._resamplers) > 16:  # items that never got end_of_item
                     self._resamplers.pop(next(iter(self._resamplers)))

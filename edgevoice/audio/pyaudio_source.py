@@ -1,8 +1,11 @@
 """PortAudio (pyaudio) capture in callback mode.
 
 The PortAudio callback only downmixes the buffer to mono (a few microseconds of numpy) and
-appends it to a bounded deque; when the deque is full the oldest block is dropped and counted.
-It never waits for anything but the deque's lock, which read() holds only to pop.
+puts it on a ``queue.SimpleQueue``: a C queue, no Python lock or condition per block, the
+cheapest hand-off to the capture thread Python has (one of three thread hand-offs per chunk,
+most of the daemon's CPU). When ``queue_s`` of blocks wait, the oldest is dropped and
+counted. Each block carries the stream's generation, so a late callback of a closed stream
+can never deliver into a new one. It never waits for anything.
 
 Failure handling, as the daemon's device policy needs it:
 
@@ -26,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
@@ -120,6 +123,15 @@ def downmix(raw: npt.NDArray[np.int16], channels: int) -> npt.NDArray[np.int16]:
     """Interleaved int16 -> mono by averaging (int32 accumulate, floor division)."""
     if channels == 1:
         return raw.copy()
+    if channels == 2:
+        # The same floor average as below, a quarter of the cost (4 instead of 17 µs for
+        # 20 ms at 48 kHz): an arithmetic shift is a floor division by two.
+        pair = raw[: raw.size & ~1]
+        acc = pair[0::2].astype(np.int32)
+        acc += pair[1::2]
+        acc >>= 1
+        halved: npt.NDArray[np.int16] = acc.astype(np.int16)
+        return halved
     frames = raw.size // channels
     total = raw[: frames * channels].reshape(frames, channels).sum(axis=1, dtype=np.int32)
     mono: npt.NDArray[np.int16] = (total // channels).astype(np.int16)
@@ -217,8 +229,9 @@ class PyAudioSource:
         self.stats = CaptureStats()
         self._host = host if host is not None else PortAudioHost()
         self._private_host = host is None
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[CapturedBlock] = deque()
+        self._lock = threading.Lock()  # open/close/stall state; never taken per block
+        # (generation, block); block None only for the wake-up close() sends a reader.
+        self._queue: queue.SimpleQueue[tuple[int, CapturedBlock | None]] = queue.SimpleQueue()
         self._pa: Any = None
         self._stream: Any = None
         self._info: DeviceInfo | None = None
@@ -284,9 +297,9 @@ class PyAudioSource:
                 channels = choose_channels(info, self._requested_channels)
                 rate = choose_rate(pa, info, self._requested_rate, channels)
                 frames = max(1, rate * self._block_ms // 1000)
-                with self._cond:
+                with self._lock:
                     self._generation += 1
-                    self._queue.clear()
+                    self._drain()
                     self._info, self._rate, self._channels = info, rate, channels
                     self._last_callback = 0.0
                     self._stalled = False
@@ -312,7 +325,7 @@ class PyAudioSource:
             except BaseException:
                 _shutdown_stream(self._host, stream, self._private_host,
                                  self._close_timeout_s, self.description)
-                with self._cond:
+                with self._lock:
                     self._info = None
                 raise
         self._pa, self._stream = pa, stream
@@ -320,25 +333,28 @@ class PyAudioSource:
 
     def read(self, timeout: float) -> CapturedBlock | None:
         deadline = time.monotonic() + max(0.0, timeout)
+        blocks = self._queue
         while True:
-            with self._cond:
-                block = self._queue.popleft() if self._queue else None
-                stream = self._stream
-                if block is None and stream is not None:
-                    wait = min(deadline - time.monotonic(), _POLL_S)
-                    if wait > 0:
-                        self._cond.wait(wait)
-                        if self._queue:
-                            block = self._queue.popleft()
-                        elif self._stream is not stream:
-                            stream = None
-                resumed = block is not None and self._stalled
-                if resumed:
-                    self._stalled = False
-            if block is not None:
-                if resumed:
-                    log.info("audio from %s resumed", self.description)
+            stream = self._stream
+            try:
+                generation, block = blocks.get_nowait()
+            except queue.Empty:
+                generation, block = -1, None
+                wait = min(deadline - time.monotonic(), _POLL_S)
+                if stream is not None and wait > 0:
+                    try:
+                        generation, block = blocks.get(timeout=wait)
+                    except queue.Empty:
+                        generation = -1
+            if block is not None and generation == self._generation:
+                if self._stalled:
+                    with self._lock:
+                        resumed, self._stalled = self._stalled, False
+                    if resumed:
+                        log.info("audio from %s resumed", self.description)
                 return block
+            if block is not None or generation >= 0:
+                continue  # a closed stream's block, or close()'s wake-up: look again
             if stream is None:
                 raise AudioDeviceError(f"{self.description}: read() on a closed source")
             self._check_stream(stream)
@@ -346,13 +362,13 @@ class PyAudioSource:
                 return None
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             pa, stream = self._pa, self._stream
             what = self.description
             self._pa = self._stream = None
             self._generation += 1  # late callbacks of this stream are ignored
-            self._queue.clear()
-            self._cond.notify_all()
+            self._drain()
+            self._queue.put((self._generation, None))  # wakes a waiting read()
         if pa is None and stream is None:
             return
         if _shutdown_stream(self._host, stream, self._private_host, self._close_timeout_s,
@@ -373,35 +389,47 @@ class PyAudioSource:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _drain(self) -> None:
+        """Forget every queued block (called with the lock held)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
     def _make_callback(
         self, generation: int, channels: int
     ) -> Callable[[bytes | None, int, Mapping[str, float], int], tuple[None, int]]:
         overflow_flag = int(pyaudio.paInputOverflow)
-        cond, queue, stats, max_blocks = self._cond, self._queue, self.stats, self._max_blocks
+        blocks, stats, max_blocks = self._queue, self.stats, self._max_blocks
+        monotonic, frombuffer, int16 = time.monotonic, np.frombuffer, np.int16
+        cont = (None, pyaudio.paContinue)
 
         def callback(
             in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
         ) -> tuple[None, int]:
-            now = time.monotonic()
+            # PortAudio's thread, once per buffer: no lock, no condition. Only this
+            # thread writes blocks/frames/overflows/dropped_blocks.
+            now = monotonic()
             if in_data is None or generation != self._generation:
-                return (None, pyaudio.paContinue)
-            mono = downmix(np.frombuffer(in_data, dtype=np.int16), channels)
+                return cont
+            mono = downmix(frombuffer(in_data, dtype=int16), channels)
             overflow = bool(status & overflow_flag)
-            block = CapturedBlock(samples=mono, captured_at=now, input_overflow=overflow)
-            with cond:
-                if generation != self._generation:
-                    return (None, pyaudio.paContinue)
-                stats.blocks += 1
-                stats.frames += int(mono.size)
-                if overflow:
-                    stats.overflows += 1
-                if len(queue) >= max_blocks:
-                    queue.popleft()
+            stats.blocks += 1
+            stats.frames += mono.size
+            if overflow:
+                stats.overflows += 1
+            if blocks.qsize() >= max_blocks:
+                try:
+                    # The oldest; if read() took that one just now, the next (so one
+                    # more than needed, and only while read() is queue_s behind).
+                    blocks.get_nowait()
                     stats.dropped_blocks += 1
-                queue.append(block)
-                self._last_callback = now
-                cond.notify()
-            return (None, pyaudio.paContinue)
+                except queue.Empty:
+                    pass
+            self._last_callback = now
+            blocks.put((generation, CapturedBlock(mono, now, overflow)))
+            return cont
 
         return callback
 
@@ -411,17 +439,16 @@ class PyAudioSource:
         except (OSError, ValueError) as exc:
             raise AudioDeviceError(f"{self.description}: capture stream failed: {exc}") from exc
         if not active:
-            with self._cond:
-                if self._queue:
-                    return  # deliver what is left before reporting the end
+            if not self._queue.empty():
+                return  # deliver what is left before reporting the end
             raise AudioDeviceError(
                 f"{self.description}: capture stream stopped (device unplugged or failed)"
             )
         now = time.monotonic()
         last = self._last_callback or self._opened_at
         if not self._stalled and now - last > self._stall_after_s:
-            with self._cond:
-                if self._queue or self._stream is not stream:
+            with self._lock:
+                if not self._queue.empty() or self._stream is not stream:
                     return
                 self._stalled = True
                 self.stats.stalls += 1

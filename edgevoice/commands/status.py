@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,29 @@ def _khz(rate: float) -> str:
     return f"{rate / 1000:g} kHz"
 
 
+def _bill_rows(data: Mapping[str, Any], c: Mapping[str, Any],
+               chunks: Callable[[int], str]) -> list[tuple[str, str]]:
+    """The current session's share of the bill, and the day's count against the cap."""
+    rows: list[tuple[str, str]] = []
+    s_captured = _number(data.get("session_seconds_captured"))
+    s_streamed = _number(data.get("session_seconds_streamed"))
+    if s_captured is not None and s_streamed is not None:
+        text = f"{s_captured:.2f} s captured, {s_streamed:.2f} s streamed"
+        if s_captured:
+            text += f" ({100.0 * s_streamed / s_captured:.1f} %)"
+        rows.append(("this session", text))
+    today = _number(data.get("streamed_today_s"))
+    if today is not None:
+        cap = _number(data.get("max_streamed_s_per_day"))
+        text = f"{today:.2f} s streamed"
+        text += f" of a {cap:g} s daily cap" if cap is not None else " (no daily cap)"
+        held = _int(c.get("chunks_capped"))
+        if held:
+            text += f"; held back by the cap: {chunks(held)}"
+        rows.append(("today", text))
+    return rows
+
+
 def headline(data: Mapping[str, Any], verdict: Mapping[str, Any], path: Path) -> str:
     age = verdict["age_s"]
     pid = data.get("pid")
@@ -220,6 +243,8 @@ def render_text(data: Mapping[str, Any], verdict: Mapping[str, Any], path: Path)
             state += f": {clean(data[extra])}"
     if data.get("muted") is True:  # `edgevoice ctl mute`
         state += " (MUTED: no microphone audio leaves the device)"
+    if data.get("capped") is True:  # stream.max_streamed_s_per_day
+        state += f" (CAPPED: {clean(data.get('capped_reason') or 'daily cap reached')})"
     rows.append(("state", state))
 
     session = clean(data.get("session_id") or "none")
@@ -279,6 +304,15 @@ def render_text(data: Mapping[str, Any], verdict: Mapping[str, Any], path: Path)
         if queued is not None:
             text += f", {queued:g} chunks queued"
         rows.append(("captured", text))
+    rows += _bill_rows(data, c, chunks)
+    if data.get("gate_mode"):  # the speech gate (stream.gate)
+        gate = f"{clean(data['gate_mode'])}: {clean(data.get('gate') or 'unknown')}"
+        if data.get("gate_reason"):
+            gate += f" ({clean(data['gate_reason'])})"
+        gated = _int(c.get("chunks_gated"))
+        if gated:
+            gate += f"; kept back: {chunks(gated)}"
+        rows.append(("speech gate", gate))
     played = _number(data.get("seconds_played"))  # once playback exists
     if played is not None:
         rows.append(("played", f"{played:.2f} s, {_int(data.get('barge_ins'))} barge-ins"))

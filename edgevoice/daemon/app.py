@@ -17,12 +17,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edgevoice import __version__
 from edgevoice.compose import Parts
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
+from edgevoice.daemon.budget import STATE_FILE_NAME as BUDGET_FILE_NAME
+from edgevoice.daemon.budget import DailyBudget
 from edgevoice.daemon.capture_worker import CaptureConfig, CaptureWorker
 from edgevoice.daemon.control import (
     ControlError,
@@ -32,13 +34,13 @@ from edgevoice.daemon.control import (
     mute_state_path,
     read_mute_state,
     resolve_socket,
+    state_path,
     write_mute_state,
 )
-from edgevoice.daemon.echo_gate import EchoGate
-from edgevoice.daemon.playback_worker import PlaybackWorker
+from edgevoice.daemon.cue_mask import CueMask
+from edgevoice.daemon.speech_gate import SpeechGate, build_speech_gate
 from edgevoice.daemon.stats import Stats, register_counters
 from edgevoice.daemon.supervisor import Supervisor
-from edgevoice.daemon.talkback import Talkback
 from edgevoice.daemon.uplink import Uplink
 from edgevoice.errors import ConfigError
 from edgevoice.health import status as status_files
@@ -51,14 +53,26 @@ from edgevoice.realtime.link import SessionLink
 from edgevoice.realtime.models import retirements
 from edgevoice.realtime.session import RealtimeSession, new_dispatcher
 from edgevoice.settings import Settings, check_settings, load_settings
+from edgevoice.transcripts.router import TranscriptRouter
+
+if TYPE_CHECKING:  # imported where used: playback off, or no transcript sink, needs none
+    from edgevoice.daemon.echo_gate import EchoGate
+    from edgevoice.daemon.playback_worker import PlaybackWorker
+    from edgevoice.daemon.talkback import Talkback
+    from edgevoice.transcripts.delivery import Delivery
 
 log = logging.getLogger("edgevoice")
 
 STATUS_FILE_EVERY_S = 2.0
+# The main loop looks again this soon while an answer plays (its end opens the follow-up
+# window) or while the watchdog withholds its ping.
+RECHECK_S = 0.1
+STALE_MARGIN_S = 0.01  # wake this long after a heartbeat's age limit, so that it is over
 BYTES_PER_S = protocol.INPUT_RATE * 2  # 24 kHz mono PCM16
 CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
 ECHO_PREROLL_MS = 400  # mic audio kept while the speaker plays, for a local barge-in
 CONTROL_STOP_S = 1.0
+TRANSCRIPTS_STOP_S = 1.0
 SAY_MAX_CHARS = 2000
 SAY_INSTRUCTION = ("Say the following to the user, exactly as written, in your own voice, "
                    "and nothing else: ")
@@ -71,6 +85,14 @@ class SignalFlags(Protocol):
 
 def outage_chunks(settings: Settings) -> int:
     return max(1, int(settings.stream.outage_buffer_s * 1000 / settings.audio.chunk_ms))
+
+
+def _gate_settings(s: Settings) -> tuple[object, ...]:
+    """What the speech gate is built from: a reload that changes any of it rebuilds it."""
+    st = s.stream
+    return (st.gate, st.vad, st.preroll_ms, st.hangover_ms, st.max_utterance_s, st.wake_word,
+            st.wake_threshold, st.send_wake_word, st.follow_up_s, s.audio.chunk_ms,
+            s.session.turn_detection, s.session.mode, s.session.silence_duration_ms)
 
 
 def say_events(text: str) -> list[dict[str, Any]]:
@@ -96,6 +118,7 @@ class Daemon:
         self._stopping_sent = False
         self._last_status = ""
         self._last_files_at = 0.0
+        self._reload_seen_at: float | None = None  # SIGHUP noticed, reload at the next tick
         self._files_error = ""
         self._audio_expected = False
         self._api_key = ""
@@ -107,13 +130,30 @@ class Daemon:
         # What was said, re-sent as text to a new session (session.carry_turns).
         self._history = History()
         self._history.register(self._dispatcher)
+        # Completed transcripts to the sinks of `transcripts.*` (when any is set).
+        self._transcript_router = TranscriptRouter(
+            realtime_model=lambda: self.settings.server.model, clock=parts.clock,
+            wall_clock=parts.wall_clock)
+        self._transcript_router.register(self._dispatcher)
+        self._transcripts: Delivery | None = None
         self._talkback: Talkback | None = None
         self._speaker: Any = None
         self._playback: PlaybackWorker | None = None
         self._echo_gate: EchoGate | None = None
+        # What of the room is streamed at all (stream.gate), and where turns end.
+        self._speech_gate: SpeechGate | None = None
+        self._cue_mask: CueMask | None = None
+        self._answer_pending = False  # response.done while the speaker still plays
+        self._dispatcher.on(self._gate_server_speech, "input_audio_buffer.speech_started",
+                            "input_audio_buffer.speech_stopped")
+        self._dispatcher.on(self._gate_response_done, "response.done")
         self._control: ControlServer | None = None
         self._mute_lock = threading.Lock()
         self._mute_file: Path | None = None
+        # The bill: the session the per-session figures are about, and the capture
+        # counter when it became the one audio goes to.
+        self._bill_session: SessionLink | None = None
+        self._bill_captured_mark = 0
 
     # -- building ------------------------------------------------------------------------
 
@@ -150,11 +190,83 @@ class Daemon:
     def _count_malformed(self, kind: str) -> None:
         self.stats.add("malformed_frames")
 
+    # -- the bill ------------------------------------------------------------------------
+
+    def _make_budget(self, settings: Settings) -> DailyBudget:
+        """The daily cap's count, kept in `$STATE_DIRECTORY/streamed_today` (beside the
+        control socket outside systemd) so a restart loop cannot reset it."""
+        path = state_path(BUDGET_FILE_NAME, resolve_socket(settings.control.socket))
+        cap = settings.stream.max_streamed_s_per_day
+        if cap is not None and path is None:
+            log.warning("stream.max_streamed_s_per_day is set, but there is no state "
+                        "directory ($STATE_DIRECTORY) or control socket to keep today's "
+                        "count in: a restart starts the count from zero",
+                        extra={"edgevoice": {"EVENT": "budget.not_kept"}})
+        return DailyBudget(cap, path, wall_clock=self._parts.wall_clock, clock=self._clock)
+
+    def _count_streamed(self, pcm_bytes: int) -> None:
+        """The uplink sent a chunk (its thread): the daily cap counts it."""
+        self._budget.add(pcm_bytes / BYTES_PER_S)
+
+    def _bill(self, counters: dict[str, Any], target: SessionLink | None) -> dict[str, Any]:
+        """Captured against streamed, since start and for the session in use, and the
+        daily cap (status snapshot). A ratio over 1 for a session: it got replayed audio
+        captured before it began."""
+        captured = counters["audio_bytes_captured"] / BYTES_PER_S
+        streamed = counters["audio_bytes_sent"] / BYTES_PER_S
+        out: dict[str, Any] = {
+            "streamed_ratio": round(streamed / captured, 4) if captured else None,
+            "session_seconds_captured": None, "session_seconds_streamed": None,
+            "session_streamed_ratio": None,
+        }
+        if target is not None and target is self._bill_session:
+            got = target.timeline.offset_ms / 1000
+            during = max(0, counters["audio_bytes_captured"] - self._bill_captured_mark)
+            during_s = during / BYTES_PER_S
+            out.update(session_seconds_captured=round(during_s, 2),
+                       session_seconds_streamed=round(got, 2),
+                       session_streamed_ratio=round(got / during_s, 4) if during_s else None)
+        state = self._budget.state()
+        out.update(streamed_today_s=round(state.streamed_s, 2),
+                   max_streamed_s_per_day=state.cap_s, capped=state.capped,
+                   capped_reason=state.reason, capped_until=state.reopens_at)
+        return out
+
+    def _bill_rows(self, c: dict[str, Any]) -> list[tuple[str, str]]:
+        """The run summary's lines about the bill."""
+        captured = c["audio_bytes_captured"] / BYTES_PER_S
+        streamed = c["audio_bytes_sent"] / BYTES_PER_S
+        ratio = f" ({100 * streamed / captured:.1f} % streamed)" if captured else ""
+        state = self._budget.state()
+        today = f"{state.streamed_s:.1f} s on {state.day}"
+        if state.cap_s is not None:
+            today += f" (cap {state.cap_s:g} s{', reached' if state.capped else ''})"
+        return [("seconds captured / streamed", f"{captured:.1f} s / {streamed:.1f} s{ratio}"),
+                ("streamed today", today),
+                ("held back by the daily cap", f"{c['chunks_capped']} chunks"),
+                ("kept back by the speech gate", f"{c['chunks_gated']} chunks")]
+
+    def _bill_tick(self) -> None:
+        """Main loop: the cap's state into the stats, the count into its file now and
+        then, and which session the per-session figures are about."""
+        state = self._budget.state()
+        self.stats.set(capped=state.capped, capped_reason=state.reason)
+        self._budget.maybe_save()
+        target = self._uplink.target
+        if target is not self._bill_session:
+            self._bill_session = target
+            self._bill_captured_mark = self.stats.snapshot()["counters"][
+                "audio_bytes_captured"]
+
     # -- talking back --------------------------------------------------------------------
 
     def _start_playback(self, s: Settings) -> None:
         """The speaker, the handlers that feed it and stop it (barge-in), and the echo gate
         that keeps the microphone from answering the speaker."""
+        from edgevoice.daemon.echo_gate import EchoGate
+        from edgevoice.daemon.playback_worker import PlaybackWorker
+        from edgevoice.daemon.talkback import Talkback
+
         speaker = self._parts.make_sink(s.playback)
         self._speaker = speaker
         talkback = Talkback(speaker, self._uplink)
@@ -167,13 +279,67 @@ class Daemon:
         self._playback.start()
         p = s.playback
         if p.echo == "half_duplex":
+            # The wake cue must not make the echo gate hold the question after it.
+            mask = CueMask(lambda: bool(speaker.playing), lambda: speaker.last_played_at,
+                           clock=self._clock)
+            self._cue_mask = mask
             self._echo_gate = EchoGate(
                 mode="half_duplex", tail_ms=p.echo_tail_ms, barge_in_db=p.barge_in_db,
                 preroll_ms=ECHO_PREROLL_MS, chunk_ms=s.audio.chunk_ms,
-                playing=lambda: bool(speaker.playing),
-                last_played_at=lambda: speaker.last_played_at,
+                playing=mask.playing,
+                last_played_at=mask.last_played_at,
                 playback_level_dbfs=lambda: float(speaker.level_dbfs),
                 on_barge_in=self._local_barge_in, clock=self._clock)
+
+    # -- the speech gate ----------------------------------------------------------------
+
+    def _make_speech_gate(self, s: Settings) -> SpeechGate:
+        gate = build_speech_gate(s, allowed=self._budget.allows, on_wake=self._on_wake,
+                                 count=self.stats.add, clock=self._clock)
+        self._speech_gate = gate
+        return gate
+
+    def _gate_server_speech(self, session: object, event: protocol.ServerEvent) -> None:
+        """The downlink thread: semantic_vad's end of turn keeps the gate open until here."""
+        gate = self._speech_gate
+        if gate is None:
+            return
+        if event.type == "input_audio_buffer.speech_started":
+            gate.server_speech_started()
+        else:
+            gate.server_speech_stopped()
+
+    def _gate_response_done(self, session: object, event: protocol.ServerEvent) -> None:
+        """An answer is complete; the follow-up window starts once it has played out."""
+        self._answer_pending = True
+
+    def _gate_tick(self) -> None:
+        if not self._answer_pending:
+            return
+        speaker = self._speaker
+        if speaker is not None and speaker.playing:
+            return
+        self._answer_pending = False
+        gate = self._speech_gate
+        if gate is not None:
+            gate.answer_finished()
+
+    def _on_wake(self) -> float | None:
+        """The wake word was heard (capture thread): a short cue when the speaker is on;
+        returns its length (the gate does not take it for the question), None: no cue."""
+        speaker = self._speaker
+        if speaker is None:
+            return None
+        from edgevoice.audio.cue import CUE_RATE, wake_cue_pcm24k
+
+        cue = wake_cue_pcm24k()
+        length_s = len(cue) / 2 / CUE_RATE
+        if self._cue_mask is not None:
+            self._cue_mask.cue_started(length_s)
+        item = "edgevoice-wake-cue-" + protocol.new_event_id()
+        speaker.play(item, 0, cue)
+        speaker.end_of_item(item)
+        return length_s
 
     def _local_barge_in(self) -> None:
         """Someone spoke over the answer (the echo gate heard it, the server could not)."""
@@ -207,8 +373,10 @@ class Daemon:
                                on_mute_drop=self._count_mute_dropped)
         self._backlog = backlog
         self._restore_mute(s)
+        self._budget = self._make_budget(s)
         self._uplink = Uplink(backlog, self.stats, clock=self._clock,
-                              keep_sent=outage_chunks(s))
+                              keep_sent=outage_chunks(s), on_audio_sent=self._count_streamed,
+                              audio_allowed=self._budget.allows)
         if s.playback.enabled:
             self._start_playback(s)
         self._capture = CaptureWorker(
@@ -218,18 +386,20 @@ class Daemon:
             # A WAV source holds no PortAudio stream: it has nothing to close for a re-scan.
             rescan_wanted=(self._parts.rescan_wanted
                            if s.playback.enabled and not s.audio.wav_file else None),
+            speech_gate=self._make_speech_gate(s),
         )
         self._supervisor = Supervisor(s, self._make_session_factory(s, self._api_key),
                                       self._capture, self._uplink, backlog, self.stats,
                                       clock=self._clock, wall_clock=self._parts.wall_clock,
-                                      on_tick=self._tick, on_session_ready=self._seed_session)
+                                      on_tick=self._tick, on_session_ready=self._seed_session,
+                                      next_tick_in=self._next_tick_in)
         self._started = self._clock()
         self._started_wall = self._parts.wall_clock()
         self._heartbeats = HeartbeatRegistry(clock=self._clock)
         self._heartbeats.expect_progress("audio", False)  # only while the device is open
         half = self._notifier.watchdog_interval_s  # half of WatchdogSec, or None
-        # Ping a little before half the interval is over: the loop ticks every 0.1 s, so a
-        # ping "when due" would otherwise land just after it. Staleness keeps the full half.
+        # Ping a little before half the interval is over: the loop wakes when a ping is due
+        # (`_next_tick_in`), but a loaded machine may wake it late. Staleness keeps the half.
         self._watchdog = WatchdogGate(
             self._heartbeats, self._notifier, clock=self._clock,
             interval_s=None if half is None else half * 0.8,
@@ -240,6 +410,7 @@ class Daemon:
         log.info("edgevoice starting: %s, server %s, model %s, mode %s",
                  "WAV " + s.audio.wav_file if s.audio.wav_file else f"device {s.audio.device!r}",
                  s.server.url, s.server.model, s.session.mode)
+        self._start_transcripts(s)
         self._supervisor.start_workers()
         self._start_control(s)
         # Settings valid, key found, workers started: ready, whatever the network or the
@@ -248,7 +419,9 @@ class Daemon:
         try:
             code = self._supervisor.run()
         finally:
+            self._budget.save()  # the uplink has stopped: the day's count is final
             self._stop_control()
+            self._stop_transcripts()  # after the readers: their last lines are written
             if self._playback is not None:
                 self._playback.stop(timeout=2.0)
             self._parts.release()
@@ -264,11 +437,49 @@ class Daemon:
                 self._control.request_stop()  # stops alongside the others
             self._supervisor.request_stop()
         if self._signals.reload:
-            self._signals.reload = False
-            self._reload()
+            # Applied RECHECK_S after the signal woke the loop, as when the loop ticked at
+            # 10 Hz: the downlink gets a moment to read what the server already sent (a
+            # response's first audio decides whether the voice may change now, see
+            # RealtimeSession.reconfigure; applied at once, the server may refuse it).
+            now = self._clock()
+            if self._reload_seen_at is None:
+                self._reload_seen_at = now
+            elif now - self._reload_seen_at >= RECHECK_S:
+                self._reload_seen_at = None
+                self._signals.reload = False
+                self._reload()
         self._feed_heartbeats()
         self._watchdog.tick()
+        self._bill_tick()
+        self._gate_tick()
         self._update_status()
+
+    def _next_tick_in(self) -> float | None:
+        """Seconds until `_tick` has something due (the supervisor sleeps until then, or
+        less): the watchdog's ping, the moment a heartbeat gets too old (the tick withholds
+        the ping and says why at once: a stalled driver may freeze the whole process right
+        after), the status files, an answer playing out."""
+        if self._answer_pending or self._reload_seen_at is not None:
+            return RECHECK_S
+        now = self._clock()
+        due = self._watchdog.seconds_until_due()
+        hb = self._heartbeats
+        ages = [hb.beat_age(name, now) for name in hb.workers()]
+        if self._audio_expected:
+            ages.append(hb.progress_age("audio", now))
+        oldest = max((age for age in ages if age is not None), default=None)
+        if oldest is not None:
+            stale = self._watchdog.max_age_s - oldest + STALE_MARGIN_S  # "older than"
+            due = stale if due is None else min(due, stale)
+        health = self.settings.health
+        if health.status_file or health.metrics_file:
+            files = self._last_files_at + STATUS_FILE_EVERY_S - now
+            due = files if due is None else min(due, files)
+        if due is not None and due <= 0.0:
+            # Still due right after a tick: the ping is withheld (a worker is stale). Look
+            # again as often as the loop always did, not in a busy loop.
+            due = RECHECK_S
+        return due
 
     def _feed_heartbeats(self) -> None:
         hb = self._heartbeats
@@ -317,6 +528,10 @@ class Daemon:
             seconds_captured=round(snap["counters"]["audio_bytes_captured"] / BYTES_PER_S, 2),
             seconds_streamed=round(snap["counters"]["audio_bytes_sent"] / BYTES_PER_S, 2),
         )
+        snap.update(self._bill(snap["counters"], target))
+        gate = self._speech_gate
+        if gate is not None:
+            snap.update(gate=gate.state, gate_mode=gate.mode, gate_reason=gate.reason)
         if self._speaker is not None and self._talkback is not None:
             played = self._speaker.stats
             talk = self._talkback.snapshot()
@@ -352,6 +567,23 @@ class Daemon:
         control, self._control = self._control, None
         if control is not None:
             control.stop(CONTROL_STOP_S)
+
+    def _start_transcripts(self, settings: Settings) -> None:
+        t = settings.transcripts
+        if t.jsonl_file is None and t.socket is None:  # no sink: nothing of it is imported
+            self._transcripts = None
+        else:
+            from edgevoice.transcripts.service import start_delivery
+
+            self._transcripts = start_delivery(t, self.stats.add)
+        self._transcript_router.output = (self._transcripts.submit
+                                          if self._transcripts is not None else None)
+
+    def _stop_transcripts(self) -> None:
+        delivery, self._transcripts = self._transcripts, None
+        self._transcript_router.output = None
+        if delivery is not None:
+            delivery.stop(TRANSCRIPTS_STOP_S)
 
     def _restore_mute(self, settings: Settings) -> None:
         """Start muted if the state file says so (before capture starts: nothing leaks)."""
@@ -424,7 +656,7 @@ class Daemon:
         if self._playback is not None and self._playback.waiting:
             waiting = "; ".join(w for w in (waiting, self._playback.waiting) if w)
         self.stats.set(waiting=waiting)
-        line = status_files.status_line(self.stats.snapshot(), self.settings.server.model, age)
+        line = status_files.status_line(self.stats.brief(), self.settings.server.model, age)
         if line != self._last_status:
             self._last_status = line
             self._notifier.status(line)
@@ -495,19 +727,30 @@ class Daemon:
             self._stop_control()
             self._start_control(new)
             self._move_mute_file(new)
+        if new.transcripts != old.transcripts:
+            self._stop_transcripts()
+            self._start_transcripts(new)
         if new.stream.outage_buffer_s != old.stream.outage_buffer_s or \
                 new.audio.chunk_ms != old.audio.chunk_ms:
             self._backlog.resize(outage_chunks(new))
+        if new.stream.max_streamed_s_per_day != old.stream.max_streamed_s_per_day:
+            self._budget.set_cap(new.stream.max_streamed_s_per_day)  # at once
         if new.playback != old.playback:
             log.warning("reload: playback.* changes take effect at the next start (the "
                         "speaker is opened once)", extra={"edgevoice": {"EVENT": "reload"}})
+        if _gate_settings(new) != _gate_settings(old):
+            self._reload_speech_gate(new)
         if new.audio != old.audio:
             self._capture.reconfigure(self._capture_config(new))
         elif new.health.silence_warn_s != old.health.silence_warn_s:
             self._capture.set_silence_warn(new.health.silence_warn_s)
         # A new key counts as a connection change: an attempt made with a revoked key
         # would end in 401 and exit 77.
+        # So is an audio format: changed in place, audio (and answers in flight) would be
+        # coded in one format and read in the other until, or unless, the server switched.
         connection_changed = (new.server != old.server or new.session.mode != old.session.mode
+                              or new.session.input_format != old.session.input_format
+                              or new.session.output_format != old.session.output_format
                               or api_key != self._api_key)
         self._api_key = api_key
         factory = self._make_session_factory(new, api_key)
@@ -524,6 +767,21 @@ class Daemon:
                                       else None, new.session.transcription_model):
             log.warning("%s", retirement.warning(),
                         extra={"edgevoice": {"EVENT": "model_deprecated"}})
+
+    def _reload_speech_gate(self, new: Settings) -> None:
+        """stream.* gate settings (or what they depend on) changed: a new gate takes over
+        between two chunks; an utterance under way is cut short (its turn is not closed)."""
+        try:
+            gate = build_speech_gate(new, allowed=self._budget.allows, on_wake=self._on_wake,
+                                     count=self.stats.add, clock=self._clock)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload: keeping the running speech gate: %s", exc,
+                      extra={"edgevoice": {"EVENT": "reload"}})
+            return
+        self._speech_gate = gate
+        self._capture.set_speech_gate(gate)
+        log.info("reload: speech gate now %s", new.stream.gate,
+                 extra={"edgevoice": {"EVENT": "reload"}})
 
     def _move_mute_file(self, new: Settings) -> None:
         """The socket moved (and with it the state file, outside systemd): keep the state."""
@@ -551,6 +809,7 @@ class Daemon:
             ("audio chunks sent", f"{c['chunks_sent']} ({c['audio_bytes_sent']} bytes, "
                                   f"{sent_s:.1f} s of 24 kHz audio)"),
             ("sent from the outage buffer", f"{c['chunks_replayed']}"),
+            *self._bill_rows(c),
             ("dropped (outage buffer full)", f"{c['chunks_dropped_outage']}"),
             ("capture overflows / drops", f"{c['capture_overflows']} / "
                                           f"{c['capture_dropped_blocks']}"),

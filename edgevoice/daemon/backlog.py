@@ -40,6 +40,8 @@ class AudioChunk:
     rms_dbfs: float
     captured_at: float  # monotonic seconds of the capture callback
     seq: int  # running number since start: loss and duplicates are countable
+    # Sent by the speech gate inside an utterance: a rollover waits for its end.
+    utterance: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,15 +78,18 @@ class ChunkBacklog:
 
     def set_muted(self, muted: bool) -> int:
         """Mute or unmute; muting drops every queued audio chunk at once: returns how many
-        (also told to `on_mute_drop`). Queued control events stay."""
+        (also told to `on_mute_drop`). The ordered events that close that audio (the speech
+        gate's commit, response.create) go with it: the mute clears the server's buffer, so
+        they would commit nothing and ask for an answer to nothing. Urgent events stay."""
         with self._cond:
             self._muted = muted
             if not muted:
                 return 0
-            kept = [item for item in self._chunks if not isinstance(item, AudioChunk)]
-            dropped = len(self._chunks) - len(kept)
+            kept = [item for item in self._chunks
+                    if isinstance(item, ClientEvent) and item.urgent]
+            dropped = sum(isinstance(item, AudioChunk) for item in self._chunks)
+            self._chunks = deque(kept)
             if dropped:
-                self._chunks = deque(kept)
                 self._mute_dropped(dropped)
             return dropped
 

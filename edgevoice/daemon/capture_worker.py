@@ -11,6 +11,9 @@ unplugged) is healthy: the worker keeps beating while it waits, every attempt is
 (the first few one by one, then one line a minute with the count), and `waiting` says
 what it waits for, for the status line.
 
+Each chunk passes two stages before the backlog: the echo gate (half duplex), then the
+speech gate (`stream.gate`: what of the room is streamed at all, and where turns end).
+
 Muted (`edgevoice ctl mute`: the backlog refuses audio) the worker goes on reading, so the
 device stays open and the watchdog fed; the chunks it cuts are counted (`chunks_muted`) and
 thrown away.
@@ -31,8 +34,9 @@ from edgevoice.audio.level import DeadInputDetector, rms_dbfs
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.audio.source import AudioSource
 from edgevoice.clock import Clock
-from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
+from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog, QueuedItem
 from edgevoice.daemon.backoff import Backoff
+from edgevoice.daemon.speech_gate import SpeechGate
 from edgevoice.daemon.stats import Stats
 from edgevoice.daemon.worker import Worker
 from edgevoice.errors import AudioDeviceError
@@ -65,9 +69,14 @@ class CaptureWorker(Worker):
         clock: Clock = time.monotonic,
         gate: Callable[[AudioChunk], Sequence[AudioChunk]] | None = None,
         rescan_wanted: Callable[[], bool] | None = None,
+        speech_gate: SpeechGate | None = None,
     ) -> None:
         super().__init__("capture", clock)
         self._gate = gate
+        # After the echo gate: what of the room goes out at all (stream.gate).
+        self._speech_gate = speech_gate
+        self._new_speech_gate: SpeechGate | None = None
+        self._was_muted = False
         self._rescan_wanted = rescan_wanted
         self._config = config
         self._new_config: CaptureConfig | None = None
@@ -103,6 +112,16 @@ class CaptureWorker(Worker):
         with self._config_lock:
             self._new_config = config
 
+    @property
+    def speech_gate(self) -> SpeechGate | None:
+        return self._speech_gate
+
+    def set_speech_gate(self, gate: SpeechGate) -> None:
+        """A reload changed the gate's settings: the new gate takes over between two
+        chunks (an utterance under way ends with the old one's state)."""
+        with self._config_lock:
+            self._new_speech_gate = gate
+
     def set_silence_warn(self, seconds: float) -> None:
         """A reload changed health.silence_warn_s: applies at once, no reopen."""
         with self._config_lock:
@@ -116,6 +135,9 @@ class CaptureWorker(Worker):
     def step(self) -> None:
         with self._config_lock:
             new, self._new_config = self._new_config, None
+            gate, self._new_speech_gate = self._new_speech_gate, None
+        if gate is not None:
+            self._speech_gate = gate
         if new is not None:
             log.info("reload: reopening the capture device with the new audio settings",
                      extra={"edgevoice": {"EVENT": "capture.reconfigure"}})
@@ -242,14 +264,18 @@ class CaptureWorker(Worker):
             # The echo gate holds the microphone while the speaker plays (and gives back a
             # pre-roll when someone talks over the answer).
             if self._backlog.muted:  # privacy first: not even the echo gate's pre-roll
+                if not self._was_muted and self._speech_gate is not None:
+                    self._speech_gate.reset()  # its ring and utterance belong to before
+                self._was_muted = True
                 self._stats.add("chunks_muted")
                 self._seq += 1
                 self._stats.add("chunks_captured")
                 self._stats.add("audio_bytes_captured", piece.nbytes)
                 self._stats.set(capture_level_dbfs=round(level, 1))
                 continue
-            for ready in (self._gate(chunk) if self._gate is not None else (chunk,)):
-                if not self._backlog.put(ready):
+            self._was_muted = False
+            for ready in self._gated(chunk):
+                if not self._backlog.put(ready) and isinstance(ready, AudioChunk):
                     self._stats.add("chunks_muted")  # muted: captured, never queued
             self._seq += 1
             self._stats.add("chunks_captured")
@@ -259,6 +285,20 @@ class CaptureWorker(Worker):
         # muted goes out with the first chunk after an unmute.
         self._pending = (np.zeros(0, dtype=np.int16) if self._backlog.muted
                          else pending[start:].copy())
+
+    def _gated(self, chunk: AudioChunk) -> Sequence[QueuedItem]:
+        """The echo gate first (it may give back a pre-roll), then the speech gate; a
+        chunk the echo gate holds still passes audio time in the speech gate."""
+        released = self._gate(chunk) if self._gate is not None else (chunk,)
+        speech_gate = self._speech_gate
+        if speech_gate is None:
+            return released
+        out: list[QueuedItem] = []
+        if not released:
+            out.extend(speech_gate.held(chunk))
+        for ready in released:
+            out.extend(speech_gate.process(ready))
+        return out
 
     def _close_source(self) -> None:
         source, self._source = self._source, None

@@ -23,13 +23,10 @@ The mute state lives in a file, so it survives a reload and a restart: present m
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import socket
-import stat
-import struct
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any
 from edgevoice.clock import Clock
 from edgevoice.daemon.worker import Worker
 from edgevoice.health.logsetup import redact
+from edgevoice.unix_socket import peer_credentials, remove_own_socket, remove_stale_socket
 
 log = logging.getLogger("edgevoice.control")
 
@@ -73,12 +71,19 @@ def mute_state_path(socket_path: Path | None,
     """Where the mute state is kept: `$STATE_DIRECTORY/muted` (its first entry) when systemd
     set it, else `<socket>.muted` beside the socket; None without either (then a mute,
     impossible anyway without a socket, would not be kept)."""
+    return state_path(MUTE_FILE_NAME, socket_path, environ)
+
+
+def state_path(name: str, socket_path: Path | None,
+               environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where a state file `name` is kept: `$STATE_DIRECTORY/<name>` (its first entry) when
+    systemd set it, else `<socket>.<name>` beside the socket; None without either."""
     env = os.environ if environ is None else environ
     state = env.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
-        return Path(state) / MUTE_FILE_NAME
+        return Path(state) / name
     if socket_path is not None:
-        return socket_path.with_name(socket_path.name + ".muted")
+        return socket_path.with_name(f"{socket_path.name}.{name}")
     return None
 
 
@@ -139,7 +144,7 @@ class ControlServer(Worker):
 
     def _bind(self) -> socket.socket:
         path = self.path
-        self._remove_stale(path)
+        remove_stale_socket(path, "control socket")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(path))
@@ -160,40 +165,12 @@ class ControlServer(Worker):
                  extra={"edgevoice": {"EVENT": "control.listening"}})
         return listener
 
-    @staticmethod
-    def _remove_stale(path: Path) -> None:
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(info.st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket; not replacing it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            # Nobody listens: a daemon that died left it behind.
-            log.info("replacing the stale control socket %s", path)
-            path.unlink(missing_ok=True)
-            return
-        finally:
-            probe.close()
-        raise OSError(errno.EADDRINUSE, f"{path} is in use by another running daemon")
-
     def cleanup(self) -> None:
         listener, self._listener = self._listener, None
         if listener is None:
             return
         listener.close()
-        try:
-            info = os.lstat(self.path)
-            if (info.st_dev, info.st_ino) == self._inode:  # still ours
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("cannot remove the control socket %s: %s", self.path, exc)
+        remove_own_socket(self.path, self._inode, "control socket")
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -215,7 +192,7 @@ class ControlServer(Worker):
             self._serve(client)
 
     def _serve(self, client: socket.socket) -> None:
-        who = _peer(client)
+        who = peer_credentials(client)
         line = self._read_line(client)
         if isinstance(line, str):  # an error: tell the client if it still listens
             self.dropped += 1
@@ -283,16 +260,6 @@ class ControlServer(Worker):
             client.sendall(encode(reply))
         except OSError as exc:
             log.debug("control client went away before the reply: %s", exc)
-
-
-def _peer(client: socket.socket) -> str:
-    """`uid N pid M` of the client, for the log (Linux SO_PEERCRED)."""
-    try:
-        raw = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", raw)
-    except (OSError, AttributeError, struct.error):
-        return "unknown peer"
-    return f"uid {uid} pid {pid}"
 
 
 def request(path: Path, message: Mapping[str, Any], timeout_s: float = 5.0) -> Reply:

@@ -1,8 +1,11 @@
 """The supervisor: the main thread's loop over connection lifecycle and health.
 
 It is the one place that decides what a failure means (retry, roll over, exit 77/78), so
-the workers only report. It ticks a few times a second: long enough to cost nothing, short
-enough that a stop request, a due watchdog ping or an expiring session is acted on in time.
+the workers only report. It ticks ten times a second while something is under way (a
+connect, a switch, a probe, an outage) and otherwise only when something is due (the
+caller's `next_tick_in`: a watchdog ping, the status file), at least every IDLE_TICK_S:
+each wake-up of the main thread costs CPU (the GIL, the tick's own work), which is what an
+idle device spends most. A signal or a finished connect wakes it at once (`Waker`).
 Connecting happens on a helper thread so that the loop never blocks on the network.
 
 A reload hands it new settings (`apply_settings`): session fields go to the open sessions as
@@ -12,7 +15,11 @@ current one at a quiet moment, exactly as a rollover does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +43,8 @@ from edgevoice.settings import Settings
 
 log = logging.getLogger("edgevoice.supervisor")
 
-TICK_S = 0.1
+TICK_S = 0.1  # while something is under way
+IDLE_TICK_S = 0.5  # streaming steadily or idle: a session's failure is seen within this
 STOP_BUDGET_S = 1.0  # flush what can be sent on shutdown, then close
 DRAIN_OLD_SESSION_S = 3.0  # after a rollover, let the old session's last events arrive
 QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summary line
@@ -73,6 +81,57 @@ def reconnect_reason(error: EdgeVoiceError, expired: bool) -> str:
     return "closed"
 
 
+class Waker:
+    """What the main loop sleeps on: a pipe, so that a signal can end the sleep as well as a
+    thread. Made Python's signal wake-up fd (in the main thread), the C-level handler writes
+    to it, so a SIGTERM or SIGHUP (whose Python handlers only set flags) ends the wait at
+    once. A threading.Event cannot be set from a Python signal handler safely (the handler
+    may run while the main thread holds the Event's lock). Open only while the loop runs:
+    `wake()` before or after is a no-op, and no descriptor outlives the loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fds: tuple[int, int] | None = None
+        self._old_wakeup_fd: int | None = None
+
+    def open(self) -> None:
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        with self._lock:
+            self._fds = (read, write)
+        if threading.current_thread() is threading.main_thread():  # not in a unit test's
+            self._old_wakeup_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def wake(self) -> None:
+        """From any thread."""
+        with self._lock:
+            if self._fds is not None:
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
+                    os.write(self._fds[1], b"\0")
+
+    def wait(self, timeout: float) -> None:
+        fds = self._fds
+        if fds is None:
+            time.sleep(max(0.0, timeout))
+            return
+        if select.select([fds[0]], [], [], max(0.0, timeout))[0]:
+            try:
+                while os.read(fds[0], 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._old_wakeup_fd = None
+        with self._lock:
+            fds, self._fds = self._fds, None
+        for fd in fds or ():
+            os.close(fd)
+
+
 @dataclass
 class _Attempt:
     session: SessionLink
@@ -81,6 +140,7 @@ class _Attempt:
     generation: int  # of the connection settings it was made with
     error: EdgeVoiceError | None = None
     for_rollover: bool = False
+    done: bool = False  # establish() returned (its thread may not have ended yet)
 
 
 class Supervisor:
@@ -97,6 +157,7 @@ class Supervisor:
         wall_clock: Clock = time.time,
         on_tick: Callable[[], None] | None = None,
         on_session_ready: Callable[[SessionLink], None] | None = None,
+        next_tick_in: Callable[[], float | None] | None = None,
     ) -> None:
         self._settings = settings
         self._make_session = make_session
@@ -108,9 +169,10 @@ class Supervisor:
         self._wall = wall_clock
         self._on_tick = on_tick
         self._on_session_ready = on_session_ready  # a new session is configured: seed it
+        self._next_tick_in = next_tick_in  # seconds until on_tick has something due
         r = settings.reconnect
         self._backoff = Backoff(r.initial_s, r.max_s, r.multiplier)
-        self._wake = threading.Event()
+        self._waker = Waker()
         self.stop_requested = False  # set from a signal handler: a plain flag, nothing else
         self._attempt: _Attempt | None = None
         self._next_attempt_at = 0.0
@@ -134,6 +196,11 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self.stop_requested = True
+        self._waker.wake()  # a thread's request (a signal's handler only sets a flag)
+
+    def wake(self) -> None:
+        """Tick now (any thread): something the loop acts on has happened."""
+        self._waker.wake()
 
     @property
     def settings(self) -> Settings:
@@ -192,6 +259,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.start_workers()
+        self._waker.open()
         try:
             while not self.stop_requested:
                 now = self._clock()
@@ -206,15 +274,35 @@ class Supervisor:
                     break
                 if self._on_tick is not None:
                     self._on_tick()
-                self._wake.wait(TICK_S)
+                if not self.stop_requested:
+                    self._waker.wait(self._wait_s(self._clock()))
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                self._waker.close()
         return self.exit_code
+
+    def _wait_s(self, now: float) -> float:
+        """How long the loop may sleep: TICK_S while something is under way, else until
+        the next thing due (the run's deadline, the caller's), at most IDLE_TICK_S."""
+        target = self._uplink.target
+        if target is None or self._attempt is not None or self._draining or \
+                self._uplink.pending is not None or target.probe_sent_at is not None or \
+                target.failed.is_set():
+            return TICK_S
+        wait = IDLE_TICK_S
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - now)
+        due = self._next_tick_in() if self._next_tick_in is not None else None
+        if due is not None:
+            wait = min(wait, due)
+        return max(0.0, wait)
 
     def step(self, now: float) -> EdgeVoiceError | None:
         """One look at every session and attempt; returns a fatal error to exit with."""
         attempt = self._attempt
-        if attempt is not None and not attempt.thread.is_alive():
+        if attempt is not None and (attempt.done or not attempt.thread.is_alive()):
             self._attempt = None
             fatal = self._attempt_finished(attempt, now)
             if fatal is not None:
@@ -277,6 +365,9 @@ class Supervisor:
                 log.exception("unexpected error while connecting")
                 attempt.error = ConnectionLost(f"unexpected {type(exc).__name__} while "
                                                "connecting")
+            finally:
+                attempt.done = True
+                self._waker.wake()  # streaming (or the retry) starts without a tick's delay
 
         attempt.thread = threading.Thread(target=establish, name=f"connect-{session.name}",
                                           daemon=True)

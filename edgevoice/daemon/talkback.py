@@ -5,7 +5,8 @@
 
 - `response.created`: remembers the session's response id (named in a later cancel).
 - `response.output_audio.delta` (beta `response.audio.delta` arrives normalised): decoded
-  and handed to `Speaker.play`, unless its item or its response was cancelled or
+  (G.711 answers expanded to 8 kHz PCM16, `session.output_format`) and handed to
+  `Speaker.play` with its rate, unless its item or its response was cancelled or
   truncated by a barge-in: then it is dropped (`deltas_dropped`), never played.
 - `response.output_audio.done`: `Speaker.end_of_item` (not for a cut item).
 - `input_audio_buffer.speech_started` while the speaker plays or a response is under way:
@@ -43,7 +44,9 @@ REMEMBERED_IDS = 64  # cancelled items and responses kept to drop their late del
 class Speaker(Protocol):
     """Where the answers' audio goes (audio/pyaudio_sink.py, or a fake in tests)."""
 
-    def play(self, item_id: str, content_index: int, pcm24k: bytes) -> None: ...
+    def play(self, item_id: str, content_index: int, pcm: bytes, rate: int = 24000) -> None:
+        """Queue mono PCM16 of one item at `rate` (24 kHz, or 8 kHz decoded G.711)."""
+        ...
     def end_of_item(self, item_id: str) -> None: ...
     def flush(self) -> tuple[str, int, int] | None:
         """Stop at once, drop what is queued; (item_id, content_index, played_ms) of the
@@ -138,6 +141,7 @@ class Talkback:
 
     def _on_audio_delta(self, session: TalkbackSession, event: ServerEvent) -> None:
         pcm = protocol.decode_audio_delta(event)  # MalformedEvent: the dispatcher counts it
+        rate = protocol.delta_rate(event)  # G.711 answers arrive decoded, at 8 kHz
         item_id = event.get_str("item_id")
         index = event.data.get("content_index", 0)
         content_index = index if isinstance(index, int) and not isinstance(index, bool) else 0
@@ -150,7 +154,10 @@ class Talkback:
                 self._item_session[item_id] = weakref.ref(session)
                 while len(self._item_session) > self._remember:
                     self._item_session.popitem(last=False)
-            self._speaker.play(item_id, content_index, pcm)
+            if rate == protocol.OUTPUT_RATE:
+                self._speaker.play(item_id, content_index, pcm)
+            else:
+                self._speaker.play(item_id, content_index, pcm, rate)
 
     def _on_audio_done(self, session: TalkbackSession, event: ServerEvent) -> None:
         item_id = event.get_str("item_id")

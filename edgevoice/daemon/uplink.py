@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from edgevoice.audio.level import SILENCE_DBFS, SPEECH_DBFS
@@ -29,15 +30,25 @@ from edgevoice.realtime.link import SessionLink
 log = logging.getLogger("edgevoice.uplink")
 
 WAIT_S = 0.1  # longest wait for an item: pings and an idle switch are checked this often
+# No audio for this long after a chunk inside an utterance: the gate closed (or capture
+# stopped). A shorter gap is a capture hiccup: no idle switch, the utterance stays whole.
+UTTERANCE_GAP_S = 0.5
 
 
 class Uplink(Worker):
     def __init__(self, backlog: ChunkBacklog, stats: Stats, clock: Clock = time.monotonic,
-                 keep_sent: int = 1500) -> None:
+                 keep_sent: int = 1500,
+                 on_audio_sent: Callable[[int], None] | None = None,
+                 audio_allowed: Callable[[], bool] | None = None) -> None:
         super().__init__("uplink", clock)
         self._backlog = backlog
+        # The daily cap: told the 24 kHz PCM bytes of each audio chunk sent; while it says
+        # no, audio queued before it was reached (an outage buffer) is dropped, not sent.
+        self._on_audio_sent = on_audio_sent
+        self._audio_allowed = audio_allowed
         # What the current session was sent, newest last: replayed if it dies unread.
         self._sent: deque[tuple[float, QueuedItem]] = deque(maxlen=keep_sent)
+        self._utterance_at: float | None = None  # when a chunk inside an utterance came
         self._stats = stats
         self._lock = threading.Lock()
         self._target: SessionLink | None = None
@@ -98,12 +109,11 @@ class Uplink(Worker):
 
     def forget_audio(self) -> int:
         """A mute: forget the audio kept for a replay (it must not go out again, to the
-        next session); returns how many chunks. Sent control events are kept."""
+        next session); returns how many chunks. The commits and response.creates that
+        closed it go too: replayed alone they would commit nothing and ask for an answer."""
         with self._lock:
-            kept = [(at, item) for at, item in self._sent if not isinstance(item, AudioChunk)]
-            forgotten = len(self._sent) - len(kept)
+            forgotten = sum(isinstance(item, AudioChunk) for _, item in self._sent)
             self._sent.clear()
-            self._sent.extend(kept)
             return forgotten
 
     def take_retired(self) -> SessionLink | None:
@@ -149,7 +159,10 @@ class Uplink(Worker):
         item = self._backlog.get(timeout, ordered=streaming)
         if item is None:
             with self._lock:
-                self._maybe_switch(SILENCE_DBFS)  # no audio flows: a quiet moment
+                at = self._utterance_at
+                in_utterance = at is not None and self._clock() - at < UTTERANCE_GAP_S
+                # No audio flows: a quiet moment (unless an utterance only paused).
+                self._maybe_switch(SILENCE_DBFS, in_utterance)
             return
         if isinstance(item, ClientEvent) and item.urgent:
             self._send_urgent(item, target)
@@ -157,9 +170,14 @@ class Uplink(Worker):
         if isinstance(item, AudioChunk) and self._backlog.muted:
             self._stats.add("chunks_dropped_muted")  # taken just before the mute
             return
+        if isinstance(item, AudioChunk) and self._audio_allowed is not None \
+                and not self._audio_allowed():
+            self._stats.add("chunks_capped")  # queued before the daily cap was reached
+            return
         with self._lock:
             if isinstance(item, AudioChunk):
-                self._maybe_switch(item.rms_dbfs)
+                self._maybe_switch(item.rms_dbfs, item.utterance)
+                self._utterance_at = self._clock() if item.utterance else None
             session = self._target
             if session is None or self._replay_since is not None:
                 # Detached meanwhile: this item is newer than any replayed one.
@@ -180,9 +198,13 @@ class Uplink(Worker):
             self._send_failed(session, exc)
 
     def _send_to_current(self, session: SessionLink, item: QueuedItem) -> None:
+        wire_bytes = 0
         try:
             if isinstance(item, AudioChunk):
-                session.send_audio(item.pcm, item.rms_dbfs, item.captured_at)
+                wire_bytes = session.send_audio(item.pcm, item.rms_dbfs, item.captured_at)
+                # captured_at is the capture callback's time.monotonic() (never the clock
+                # seam): its last byte is in the socket now.
+                self._stats.capture_to_wire_ms((time.monotonic() - item.captured_at) * 1e3)
             else:
                 session.send_event(item.event)
         except ConnectionLost as exc:
@@ -196,8 +218,11 @@ class Uplink(Worker):
         if isinstance(item, AudioChunk):
             self._stats.add("chunks_sent")
             self._stats.add("audio_bytes_sent", len(item.pcm))
+            self._stats.add("wire_audio_bytes_sent", wire_bytes)  # as encoded (G.711: 1/6)
             if item.seq <= self._replay_until_seq:
                 self._stats.add("chunks_replayed")
+            if self._on_audio_sent is not None:
+                self._on_audio_sent(len(item.pcm))
 
     def _send_failed(self, session: SessionLink, exc: ConnectionLost) -> None:
         """A send that did not drain (`silent`) means the peer stopped reading: the session
@@ -218,14 +243,15 @@ class Uplink(Worker):
             self._backlog.push_front(again)
             log.info("replaying %d chunks the lost session may not have read", len(again))
 
-    def _maybe_switch(self, chunk_rms: float) -> None:
-        """Called with the lock held, from the worker thread only."""
+    def _maybe_switch(self, chunk_rms: float, utterance: bool = False) -> None:
+        """Called with the lock held, from the worker thread only. Inside an utterance
+        (the speech gate is open) only the deadline switches: its turn stays whole."""
         nxt, old = self._next, self._target
         if nxt is None or old is None or nxt.failed.is_set():
             return  # a next session that died is the supervisor's to drop
         if old.failed.is_set():
             return  # the supervisor handles it: replay, fatal exits, then the switch
-        quiet = old.is_quiet() and chunk_rms < SPEECH_DBFS
+        quiet = not utterance and old.is_quiet() and chunk_rms < SPEECH_DBFS
         if quiet or self._clock() >= self._next_deadline:
             self._target, self._next, self._retired = nxt, None, old
             self._sent.clear()

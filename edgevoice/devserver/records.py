@@ -112,6 +112,11 @@ class SessionRecord:
     dropped_events: int = 0  # events not sent because the session was frozen/black-holed
     audio_bytes: int = 0  # bytes of audio received
     audio_chunks: tuple[bytes, ...] = field(default=(), repr=False)
+    # The input format of the last append and its rate; the audio decoded from it (G.711
+    # expanded to PCM16 at 8 kHz, PCM16 as received) is what the VAD heard.
+    input_format: str = "audio/pcm"
+    input_rate: int = 24000
+    pcm_chunks: tuple[bytes, ...] = field(default=(), repr=False)
     wav_path: Path | None = None
     responses: list[ResponseRecord] = field(default_factory=list)
     truncations: list[TruncationRecord] = field(default_factory=list)
@@ -122,6 +127,11 @@ class SessionRecord:
         """Audio received, as sent (PCM16 24 kHz mono unless G.711 was configured)."""
         return b"".join(self.audio_chunks)
 
+    @property
+    def pcm(self) -> bytes:
+        """Audio received, decoded to PCM16 mono at ``input_rate`` (if keep_history)."""
+        return b"".join(self.pcm_chunks)
+
     def response(self, id_or_item: str) -> ResponseRecord:
         """The response with this id, or the one that produced this item (KeyError if none)."""
         for resp in self.responses:
@@ -131,7 +141,7 @@ class SessionRecord:
 
     def to_json(self) -> JsonObj:
         """The record without audio payloads (the ``sessions`` control operation)."""
-        skip = ("audio_chunks", "client_events", "server_events")
+        skip = ("audio_chunks", "pcm_chunks", "client_events", "server_events")
         out = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
         }

@@ -104,6 +104,7 @@ class DevServer(FaultMethods):
         self._cond = threading.Condition(threading.RLock())
         self._records: list[SessionRecord] = []
         self._audio: dict[str, list[bytes]] = {}  # session id -> received chunks
+        self._pcm: dict[str, list[bytes]] = {}  # session id -> the same, decoded to PCM16
         self._counters = Counters()
         self._links: dict[str, Connection] = {}
         self._conns: set[FaultConnection] = set()
@@ -281,8 +282,12 @@ class DevServer(FaultMethods):
             if rec.first_append_at is None:
                 rec.first_append_at = now
             rec.audio_bytes += len(data)
+            rec.input_format = conv.fmt
+            rec.input_rate = format_rate(conv.fmt)
             if self.keep_history and data:
                 self._audio.setdefault(rec.id, []).append(data)
+                pcm = decode(data, conv.fmt).astype("<i2").tobytes()
+                self._pcm.setdefault(rec.id, []).append(pcm)
             self._counters.appends += 1
             self._counters.audio_bytes += len(data)
         link = self._links.get(conv.id)
@@ -301,6 +306,7 @@ class DevServer(FaultMethods):
                     client_events=[dict(e) for e in r.client_events],
                     server_events=[dict(e) for e in r.server_events],
                     audio_chunks=tuple(self._audio.get(r.id, ())),
+                    pcm_chunks=tuple(self._pcm.get(r.id, ())),
                     responses=[resp.copy() for resp in r.responses],
                     truncations=list(r.truncations),
                     cancels=list(r.cancels),

@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from edgevoice.audio import g711
+
 FRAME_MS = 10
 """Analysis frame length."""
 
@@ -232,18 +234,15 @@ def decode(data: bytes, fmt_type: str) -> npt.NDArray[np.int16]:
 
 
 def encode(samples: npt.NDArray[np.int16], fmt_type: str) -> bytes:
-    """Linear int16 samples to bytes in ``fmt_type`` (G.711 by nearest code)."""
+    """Linear int16 samples to bytes in ``fmt_type`` (G.711 as ITU-T G.711 encodes it, like
+    the real service; decoding above stays this module's own, so a client encoder bug is
+    not mirrored by the server)."""
     if fmt_type == "audio/pcm":
         return samples.astype("<i2").tobytes()
-    table = _TABLES[fmt_type].astype(np.int32)
-    order = np.argsort(table, kind="stable")
-    values = table[order]
-    x = samples.astype(np.int32)
-    idx = np.clip(np.searchsorted(values, x), 1, len(values) - 1)
-    left = values[idx - 1]
-    right = values[idx]
-    pick = np.where(np.abs(x - left) <= np.abs(right - x), idx - 1, idx)
-    return order[pick].astype(np.uint8).tobytes()
+    samples = samples.astype(np.int16, copy=False)
+    if fmt_type == "audio/pcmu":
+        return g711.ulaw_encode(samples).tobytes()
+    return g711.alaw_encode(samples).tobytes()
 
 
 def convert(data: bytes, src: str, dst: str) -> bytes:

@@ -32,6 +32,7 @@ from edgevoice.errors import (
     EdgeVoiceError,
     ModelRejected,
 )
+from edgevoice.realtime import protocol
 from edgevoice.realtime.link import SessionLink
 from edgevoice.realtime.transport import Transport
 from edgevoice.settings import DEFAULT_REALTIME_MODEL, Settings
@@ -361,6 +362,8 @@ def _session_checks(settings: Settings, api_key: str) -> list[Check]:
         session.close(1000, "edgevoice check done")
     except EdgeVoiceError:
         session.abort()
+    fmt = protocol.audio_format(settings.session.input_format)
+    wire = " ".join(str(v) for v in fmt.values()) + (" Hz" if "rate" in fmt else " 8000 Hz")
     done = passed("session", f"session.update accepted (session {session.session_id or '?'}): "
-                  "input audio/pcm 24000 Hz, as edgevoice sends; closed, no audio sent")
+                  f"input {wire}, as edgevoice sends; closed, no audio sent")
     return [*checks, done]

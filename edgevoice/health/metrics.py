@@ -72,6 +72,15 @@ def seconds_of(key: str) -> Callable[[Snapshot], Any]:
     return get
 
 
+def capture_to_wire_s(key: str) -> Callable[[Snapshot], Any]:
+    """A figure (``p50``, ``p99``) of ``snapshot["capture_to_wire_ms"]`` as seconds."""
+    def get(snap: Snapshot) -> Any:
+        latency = snap.get("capture_to_wire_ms")
+        value = latency.get(key) if isinstance(latency, Mapping) else None
+        return value / 1000 if isinstance(value, int | float) else None
+    return get
+
+
 @dataclass(frozen=True)
 class Row:
     name: str  # without _total: CounterMetricFamily adds it
@@ -98,6 +107,9 @@ COUNTERS: tuple[Row, ...] = (
         counter("chunks_sent")),
     Row("edgevoice_audio_sent_bytes", "24 kHz PCM16 audio bytes sent (replays included).",
         counter("audio_bytes_sent")),
+    Row("edgevoice_audio_wire_bytes",
+        "Audio bytes on the wire as encoded (session.input_format; before base64).",
+        counter("wire_audio_bytes_sent")),
     Row("edgevoice_audio_streamed_seconds", "Seconds of audio sent (replays included).",
         seconds_of("audio_bytes_sent")),
     Row("edgevoice_chunks_dropped", "Chunks dropped from a full outage buffer (oldest first).",
@@ -106,6 +118,12 @@ COUNTERS: tuple[Row, ...] = (
         counter("chunks_muted")),
     Row("edgevoice_chunks_dropped_muted", "Queued chunks dropped by a mute (never sent).",
         counter("chunks_dropped_muted")),
+    Row("edgevoice_chunks_gated",
+        "Chunks captured while the speech gate was closed (stream.gate; never sent).",
+        counter("chunks_gated")),
+    Row("edgevoice_chunks_capped",
+        "Chunks captured while the daily cap held the gate closed (never sent).",
+        counter("chunks_capped")),
     Row("edgevoice_chunks_replayed", "Chunks sent again to a new session after a failure.",
         counter("chunks_replayed")),
     Row("edgevoice_send_timeouts", "Sends that did not drain (the peer stopped reading).",
@@ -127,6 +145,11 @@ COUNTERS: tuple[Row, ...] = (
         counter("speech_turns")),
     Row("edgevoice_user_transcripts", "Input transcriptions completed.",
         counter("user_transcripts")),
+    Row("edgevoice_transcripts_delivered", "Transcript lines written to every sink.",
+        counter("transcripts_delivered")),
+    Row("edgevoice_transcripts_dropped",
+        "Transcript lines not written (queue full or a sink failed).",
+        counter("transcripts_dropped")),
     Row("edgevoice_responses", "Responses completed by the server.", counter("responses")),
     Row("edgevoice_response_audio_bytes", "24 kHz PCM16 bytes of response audio received.",
         counter("response_audio_bytes")),
@@ -157,6 +180,33 @@ GAUGES: tuple[Row, ...] = (
         field("started_at")),
     Row("edgevoice_muted", "1 while muted (`edgevoice ctl mute`): no audio leaves.",
         field("muted")),
+    # the bill (ratios only once something was captured)
+    Row("edgevoice_streamed_ratio",
+        "Seconds streamed per second captured since start (replays included).",
+        field("streamed_ratio")),
+    Row("edgevoice_session_captured_seconds",
+        "Seconds of audio captured while the current session was in use.",
+        field("session_seconds_captured")),
+    Row("edgevoice_session_streamed_seconds", "Seconds of audio the current session got.",
+        field("session_seconds_streamed")),
+    Row("edgevoice_session_streamed_ratio",
+        "Seconds the current session got per second captured meanwhile.",
+        field("session_streamed_ratio")),
+    Row("edgevoice_streamed_today_seconds",
+        "Seconds of audio streamed on the current local day (what the daily cap counts).",
+        field("streamed_today_s")),
+    Row("edgevoice_max_streamed_seconds_per_day",
+        "The daily cap, stream.max_streamed_s_per_day (absent when there is none).",
+        field("max_streamed_s_per_day")),
+    Row("edgevoice_capped", "1 while the daily cap is reached: nothing is streamed.",
+        field("capped")),
+    # from a block's arrival in the capture callback to its chunk handed to the socket
+    Row("edgevoice_capture_to_wire_p50_seconds",
+        "Median capture-to-wire latency of the chunks sent since start.",
+        capture_to_wire_s("p50")),
+    Row("edgevoice_capture_to_wire_p99_seconds",
+        "99th percentile capture-to-wire latency of the chunks sent since start.",
+        capture_to_wire_s("p99")),
 )
 
 

@@ -111,6 +111,8 @@ def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | Non
         if snapshot.get("last_error") and not waiting:
             text += f", last error: {snapshot['last_error']}"
     text += ", muted" if snapshot.get("muted") else ""
+    if snapshot.get("capped"):  # the daily cap (the bill): why, and until when
+        text += f"; capped: {snapshot.get('capped_reason') or 'daily cap reached'}"
     if snapshot.get("reload"):
         text += f"; {snapshot['reload']}"
     # Redact first: a cut inside the key would leave a piece of it.

@@ -111,4 +111,7 @@ def _seconds(event: ServerEvent, key: str) -> float:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """Server text for one journal line: an escape sequence or a lone surrogate in it would
+    reach a terminal, or make journald keep the whole line as a blob."""
+    return " ".join("".join(c if c.isprintable() else "\ufffd" for c in part)
+                    for part in text.split())

@@ -156,6 +156,7 @@ class History:
             return
         delta = event.get_str("delta")  # decoded length from the base64 text, no decoding
         n = len(delta) * 3 // 4 - (delta[-2:].count("=") if delta else 0)
+        n *= protocol.PCM24K_BYTES_PER_WIRE_BYTE.get(event.audio_format, 1)  # G.711: 8 kHz
         with self._lock:
             self._slot(item_id, "assistant").audio_bytes += max(0, n)
 

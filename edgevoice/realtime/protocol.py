@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from edgevoice.audio import g711
 from edgevoice.errors import (
     AuthError,
     ConfigError,
@@ -30,6 +31,14 @@ from edgevoice.settings import ServerSettings, SessionSettings
 
 INPUT_RATE = 24000  # audio/pcm is 24 kHz mono s16le, and nothing else
 OUTPUT_RATE = 24000
+G711_RATE = 8000  # audio/pcmu and audio/pcma: 8 kHz, one byte per sample, no rate field
+# session.input_format / output_format -> the GA format type (RealtimeAudioFormats).
+FORMAT_TYPES = {"pcm": "audio/pcm", "pcmu": "audio/pcmu", "pcma": "audio/pcma"}
+# Beta-era `input_audio_format` / `output_audio_format` names of the same formats.
+LEGACY_FORMATS = {"pcm": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}
+# Wire bytes of a delta -> bytes of the same audio time as 24 kHz PCM16 (what counters and
+# history count in).
+PCM24K_BYTES_PER_WIRE_BYTE = {"pcm": 1, "pcmu": 6, "pcma": 6}
 
 # Beta-era names some proxies still send -> the GA name we dispatch on.
 BETA_EVENT_NAMES = {
@@ -57,9 +66,14 @@ def new_event_id() -> str:
     return "evt_" + secrets.token_hex(10)
 
 
+# json.dumps with arguments builds a JSONEncoder per call (a microsecond of the ~5 an audio
+# append costs, 50 times a second); the output is the same.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(event: dict[str, Any]) -> str:
     """One client event as the text of one WebSocket text frame."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(event)
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,7 +124,7 @@ def session_config(session: SessionSettings) -> dict[str, Any]:
         else:
             transcription["language"] = session.language
     audio_in: dict[str, Any] = {
-        "format": {"type": "audio/pcm", "rate": INPUT_RATE},
+        "format": audio_format(session.input_format),
         "noise_reduction": (
             None if session.noise_reduction == "none" else {"type": session.noise_reduction}
         ),
@@ -125,10 +139,17 @@ def session_config(session: SessionSettings) -> dict[str, Any]:
         "instructions": session.instructions,
         "audio": {
             "input": audio_in,
-            "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
+            "output": {"format": audio_format(session.output_format),
                        "voice": session.voice},
         },
     }
+
+
+def audio_format(fmt: str) -> dict[str, Any]:
+    """The GA format object: audio/pcm names its (only) rate, G.711 has no rate field."""
+    if fmt == "pcm":
+        return {"type": "audio/pcm", "rate": INPUT_RATE}
+    return {"type": FORMAT_TYPES[fmt]}
 
 
 def session_update(session: SessionSettings) -> dict[str, Any]:
@@ -198,9 +219,10 @@ def probe_update(session: SessionSettings) -> dict[str, Any]:
             "session": {"type": session_type(session)}}
 
 
-def audio_append(pcm: bytes) -> dict[str, Any]:
+def audio_append(audio: bytes) -> dict[str, Any]:
+    """`audio`: the bytes in the session's input format (PCM16, or G.711 codes)."""
     return {"type": "input_audio_buffer.append", "event_id": new_event_id(),
-            "audio": base64.b64encode(pcm).decode("ascii")}
+            "audio": base64.b64encode(audio).decode("ascii")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,6 +233,9 @@ def audio_append(pcm: bytes) -> dict[str, Any]:
 class ServerEvent:
     type: str  # GA name, beta names normalised
     data: dict[str, Any]
+    # The session's output format (session.output_format), set by the session before
+    # dispatch: what an audio delta's bytes are.
+    audio_format: str = field(default="pcm", compare=False)
     # The decoded audio of a delta, once: every handler that wants it (the counters, the
     # speaker) shares one base64 decode per delta.
     _audio: bytes | None = field(default=None, compare=False, repr=False)
@@ -328,7 +353,8 @@ def _short(text: str, limit: int = 120) -> str:
 
 
 def decode_audio_delta(event: ServerEvent) -> bytes:
-    """The PCM of an audio delta (decoded once per event); MalformedEvent if not base64."""
+    """The PCM16 of an audio delta at `delta_rate(event)` (G.711 expanded), decoded once
+    per event; MalformedEvent if not base64."""
     if event._audio is not None:
         return event._audio
     pcm = _decode_delta(event)
@@ -336,12 +362,24 @@ def decode_audio_delta(event: ServerEvent) -> bytes:
     return pcm
 
 
+def delta_rate(event: ServerEvent) -> int:
+    """The sample rate of `decode_audio_delta(event)`."""
+    return OUTPUT_RATE if event.audio_format == "pcm" else G711_RATE
+
+
+def delta_pcm24k_bytes(event: ServerEvent) -> int:
+    """The length of a delta's audio as 24 kHz PCM16 bytes (counters count in those)."""
+    return len(decode_audio_delta(event)) * OUTPUT_RATE // delta_rate(event)
+
+
 def _decode_delta(event: ServerEvent) -> bytes:
     try:
-        pcm = base64.b64decode(event.get_str("delta"), validate=True)
+        data = base64.b64decode(event.get_str("delta"), validate=True)
     except ValueError as exc:
         raise MalformedEvent("bad base64", f"{event.type}: delta is not base64: {exc}") from None
-    return pcm[:-1] if len(pcm) % 2 else pcm  # whole samples; no copy in the usual case
+    if event.audio_format != "pcm":
+        return g711.decode(event.audio_format, data).astype("<i2", copy=False).tobytes()
+    return data[:-1] if len(data) % 2 else data  # whole samples; no copy in the usual case
 
 
 @dataclass(frozen=True)
@@ -427,37 +465,64 @@ def rejection_text(error: ServerError) -> str:
             f"({error.code or error.type})")
 
 
-def check_effective_input(session: dict[str, Any]) -> None:
-    """Refuse to stream unless the server will read our bytes as 24 kHz PCM16.
+def check_effective_input(session: dict[str, Any], input_format: str = "pcm",
+                          output_format: str | None = None) -> None:
+    """Refuse to stream unless the server reads our bytes, and writes its answers, in the
+    formats we asked for (`session.input_format`, `session.output_format`).
 
     A mismatch would not fail loudly: the server would transcribe noise, or drop us after
-    the first packet. Beta-era proxies answer with `input_audio_format: pcm16` (24 kHz).
+    the first packet; answers in another format would play as noise. Beta-era proxies
+    answer with `input_audio_format: pcm16` (24 kHz) or `g711_ulaw` / `g711_alaw`.
+    `output_format` None: no output to check (transcription sessions).
     """
     audio = session.get("audio")
     if isinstance(audio, dict):
-        fmt = (audio.get("input") or {}).get("format")
-        if not isinstance(fmt, dict):
+        _check_format_block(audio, "input", input_format, required=True)
+        if output_format is not None:
+            _check_format_block(audio, "output", output_format,
+                                required=output_format != "pcm")
+        return
+    for side, wanted in (("input", input_format), ("output", output_format)):
+        legacy = session.get(f"{side}_audio_format")
+        if wanted is not None and legacy not in (None, LEGACY_FORMATS[wanted]):
             raise ConfigError(
-                "server session.updated lacks session.audio.input.format; cannot confirm "
-                "the input format"
+                f"session.{side}_audio_format: server uses {legacy!r}, edgevoice "
+                f"{'sends' if side == 'input' else 'expects'} {LEGACY_FORMATS[wanted]}"
             )
-        if fmt.get("type") != "audio/pcm":
-            raise ConfigError(
-                f"session.audio.input.format.type: server uses {fmt.get('type')!r}, "
-                "edgevoice sends 'audio/pcm'"
-            )
+
+
+def check_effective_formats(session: dict[str, Any], settings: SessionSettings) -> None:
+    """`check_effective_input` for what `settings` asked (no output when transcribing)."""
+    output = None if settings.mode == "transcribe" else settings.output_format
+    check_effective_input(session, settings.input_format, output)
+
+
+def _check_format_block(audio: dict[str, Any], side: str, wanted: str, *,
+                        required: bool) -> None:
+    block = audio.get(side)
+    fmt = block.get("format") if isinstance(block, dict) else None
+    setting = f"session.{side}_format"
+    verb = "sends" if side == "input" else "expects"
+    if not isinstance(fmt, dict):
+        if not required:
+            return
+        raise ConfigError(
+            f"server session.updated lacks session.audio.{side}.format; cannot confirm "
+            f"the {side} format ({setting}: {wanted})"
+        )
+    want_type = FORMAT_TYPES[wanted]
+    if fmt.get("type") != want_type:
+        raise ConfigError(
+            f"session.audio.{side}.format.type: server uses {fmt.get('type')!r}, "
+            f"edgevoice {verb} {want_type!r} ({setting}: {wanted})"
+        )
+    if wanted == "pcm":
         rate = fmt.get("rate", INPUT_RATE)
         if rate != INPUT_RATE:
             raise ConfigError(
-                f"session.audio.input.format.rate: server uses {rate!r}, edgevoice sends "
-                f"{INPUT_RATE}"
+                f"session.audio.{side}.format.rate: server uses {rate!r}, edgevoice "
+                f"{verb} {INPUT_RATE}"
             )
-        return
-    legacy = session.get("input_audio_format")
-    if legacy not in (None, "pcm16"):
-        raise ConfigError(
-            f"session.input_audio_format: server uses {legacy!r}, edgevoice sends pcm16"
-        )
 
 
 def describe_close(code: int | None, reason: str) -> str:

@@ -1,7 +1,8 @@
 """One Realtime session on one connection: configure it, stream into it, read from it.
 
 A session is configured from the settings every time (nothing assumes the server
-remembers) and audio is sent only after `session.updated` confirmed 24 kHz PCM. The
+remembers) and audio is sent only after `session.updated` confirmed the input format
+(24 kHz PCM, or G.711 encoded here). The
 session never writes to its socket itself: every client event goes through the `Outbox`
 (the uplink thread, which owns the send side). Its reader thread owns `recv` and hands
 each event to the one `EventDispatcher`; the session's own state is kept by the first
@@ -12,6 +13,7 @@ do about it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from edgevoice.audio.g711 import WireEncoder
 from edgevoice.audio.level import SPEECH_DBFS
 from edgevoice.clock import Clock
 from edgevoice.errors import (
@@ -131,6 +134,7 @@ class RealtimeSession:
         self._reload_rejection: str | None = None
         self._voice_deferred = False
         self._sent_types: OrderedDict[str, str] = OrderedDict()  # event_id -> type
+        self._encoder: WireEncoder | None = None  # the sender thread's, made on first audio
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self.reader_beat = now  # heartbeat for the watchdog
@@ -170,7 +174,7 @@ class RealtimeSession:
         effective = updated.data.get("session")
         if not isinstance(effective, dict):
             raise ProtocolError("session.updated carries no session object")
-        protocol.check_effective_input(effective)
+        protocol.check_effective_formats(effective, settings)
         with self._lock:
             self._applied = config
             changed_meanwhile = self._settings is not settings
@@ -269,14 +273,21 @@ class RealtimeSession:
                                         daemon=True)
         self._reader.start()
 
-    def send_audio(self, pcm: bytes, rms_dbfs: float, captured_at: float | None = None) -> None:
+    def send_audio(self, pcm: bytes, rms_dbfs: float, captured_at: float | None = None) -> int:
         """Called by the sender thread only. `pcm` is 24 kHz PCM16 (the capture pipeline's
-        format); `captured_at` (monotonic) maps the session's audio offsets back to the
-        microphone (`timeline`)."""
-        self._transport.send_event(protocol.audio_append(pcm))
+        format), encoded here to `settings.input_format` (the session's own encoder keeps
+        the 24 -> 8 kHz filter state, so a new session starts fresh); `captured_at`
+        (monotonic) maps the session's audio offsets back to the microphone (`timeline`).
+        Returns the audio bytes put on the wire (before base64)."""
+        fmt = self.settings.input_format
+        if self._encoder is None or self._encoder.format != fmt:
+            self._encoder = WireEncoder(fmt)
+        wire = self._encoder.encode(pcm)
+        self._transport.send_event(protocol.audio_append(wire))
         self.timeline.add(len(pcm) * 1000 / (2 * protocol.INPUT_RATE), captured_at)
         if rms_dbfs > SPEECH_DBFS:
             self.last_speech_sent_at = self._clock()
+        return len(wire)
 
     def send_event(self, event: dict[str, Any]) -> None:
         """Called by the sender thread only; remembers the type to explain server errors."""
@@ -349,6 +360,9 @@ class RealtimeSession:
             if text is None:
                 return None
             event = protocol.parse_server_event(text)
+            if event.type == "response.output_audio.delta":
+                # What the delta's bytes are: every handler decodes by the session's format.
+                event = dataclasses.replace(event, audio_format=self.settings.output_format)
             self.last_event_at = self._clock()
             self._dispatcher.dispatch(self, event)
             return event
@@ -407,7 +421,7 @@ class RealtimeSession:
         session = event.data.get("session")
         if isinstance(session, dict) and self.configured_at:
             try:
-                protocol.check_effective_input(session)
+                protocol.check_effective_formats(session, self.settings)
             except ConfigError as exc:
                 self.fail(exc)
         self.probe_sent_at = None

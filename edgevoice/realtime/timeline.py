@@ -9,19 +9,52 @@ transcripts map the server's offsets back to capture time (and from that, wall t
 
 from __future__ import annotations
 
-import bisect
 import threading
-from collections import deque
+from array import array
 
-KEEP_CHUNKS = 30_000  # ten minutes of 20 ms chunks: transcripts come within seconds
+# Five minutes of 20 ms chunks: transcripts come within seconds of an utterance's end, and an
+# utterance is cut at stream.max_utterance_s (30 s by default). Kept in C doubles (24 bytes a
+# chunk, 360 kB when full): three deques of Python floats took about 100 bytes a chunk.
+KEEP_CHUNKS = 15_000
+
+
+class _Chunks:
+    """The last `keep` chunks, as three arrays of C doubles used as one ring: a chunk's
+    session offset (ms, ascending), the capture time of its first sample, its duration."""
+
+    __slots__ = ("captured", "durations", "head", "keep", "starts")
+
+    def __init__(self, keep: int) -> None:
+        self.starts = array("d")
+        self.captured = array("d")
+        self.durations = array("d")
+        self.head = 0  # the oldest chunk's index in the arrays, once they are full
+        self.keep = keep
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def index(self, i: int) -> int:
+        """The arrays' index of the i-th oldest chunk (0 <= i < len)."""
+        return (self.head + i) % len(self.starts)
+
+    def append(self, start_ms: float, captured_at: float, duration_ms: float) -> None:
+        if len(self.starts) < self.keep:
+            self.starts.append(start_ms)
+            self.captured.append(captured_at)
+            self.durations.append(duration_ms)
+        else:
+            head = self.head
+            self.starts[head] = start_ms
+            self.captured[head] = captured_at
+            self.durations[head] = duration_ms
+            self.head = (head + 1) % self.keep
 
 
 class AudioTimeline:
     def __init__(self, keep: int = KEEP_CHUNKS) -> None:
         self._lock = threading.Lock()
-        self._starts: deque[float] = deque(maxlen=keep)  # session offset (ms) of each chunk
-        self._captured: deque[float] = deque(maxlen=keep)  # capture time of its first sample
-        self._durations: deque[float] = deque(maxlen=keep)
+        self._chunks = _Chunks(keep)
         self._offset_ms = 0.0
         self._commits: list[float] = []  # offsets at which a commit was sent
 
@@ -35,9 +68,7 @@ class AudioTimeline:
         """Called by the sender after each chunk; `captured_at` None: unknown (tests)."""
         with self._lock:
             if captured_at is not None:
-                self._starts.append(self._offset_ms)
-                self._captured.append(captured_at)
-                self._durations.append(duration_ms)
+                self._chunks.append(self._offset_ms, captured_at, duration_ms)
             self._offset_ms += duration_ms
 
     def mark_commit(self) -> None:
@@ -53,10 +84,21 @@ class AudioTimeline:
         """Capture time (monotonic) of the sample at `offset_ms`, or None when it is not
         (or no longer) known. An offset in no chunk maps to the nearest chunk's edge."""
         with self._lock:
-            if not self._starts:
+            chunks = self._chunks
+            if not len(chunks):
                 return None
-            i = bisect.bisect_right(self._starts, offset_ms) - 1
-            if i < 0:
-                return None if offset_ms < self._starts[0] - 1 else self._captured[0]
-            into = min(max(offset_ms - self._starts[i], 0.0), self._durations[i])
-            return self._captured[i] + into / 1000.0
+            starts = chunks.starts
+            # The last chunk starting at or before offset_ms (bisect over the ring's order).
+            lo, hi = 0, len(chunks)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if offset_ms < starts[chunks.index(mid)]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if lo == 0:
+                oldest = chunks.index(0)
+                return None if offset_ms < starts[oldest] - 1 else chunks.captured[oldest]
+            i = chunks.index(lo - 1)
+            into = min(max(offset_ms - starts[i], 0.0), chunks.durations[i])
+            return chunks.captured[i] + into / 1000.0
