@@ -86,7 +86,7 @@ class NullOutbox:
 class NullSpeaker:
     """A Speaker that takes the PCM and does nothing (the cost of parse and dispatch alone)."""
 
-    def play(self, item_id: str, content_index: int, pcm24k: bytes) -> None:
+    def play(self, item_id: str, content_index: int, pcm24k: bytes, rate: int = 24000) -> None:
         pass
 
     def end_of_item(self, item_id: str) -> None:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 log = logging.getLogger("edgevoice")
 
+SOCKET_MODE = 0o660  # the daemon's user and group (edgevoice) only
+BACKLOG = 8
+
 
 def remove_stale_socket(path: Path, what: str) -> None:
     """Unlink a socket nobody listens on; refuse a live one or a file that is no socket.
@@ -62,3 +65,24 @@ def remove_own_socket(path: Path, inode: tuple[int, int] | None, what: str) -> N
         pass
     except OSError as exc:
         log.warning("cannot remove the %s %s: %s", what, path, exc)
+
+
+def bind_listener(path: Path, what: str) -> tuple[socket.socket, tuple[int, int]]:
+    """A listening socket at `path` (a stale one replaced), mode 0660 and the daemon's
+    group set before listen(), so nobody can connect before that; returns it and the
+    (st_dev, st_ino) of the file, for `remove_own_socket`."""
+    remove_stale_socket(path, what)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+        try:
+            os.chown(path, -1, os.getegid())
+        except OSError as exc:  # the directory's setgid group is kept then
+            log.debug("cannot set the %s's group: %s", what, exc)
+        info = os.stat(path)
+        listener.listen(BACKLOG)
+    except BaseException:
+        listener.close()
+        raise
+    return listener, (info.st_dev, info.st_ino)

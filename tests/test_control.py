@@ -29,7 +29,6 @@ from edgevoice.cli import main
 from edgevoice.daemon.app import say_events
 from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog, ClientEvent
 from edgevoice.daemon.control import (
-    SOCKET_MODE,
     ControlError,
     ControlServer,
     mute_state_path,
@@ -37,6 +36,7 @@ from edgevoice.daemon.control import (
 )
 from edgevoice.devserver import DevServer
 from edgevoice.health.status import status_line
+from edgevoice.unix_socket import SOCKET_MODE
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ from edgevoice.daemon.stats import KNOWN_ERROR_CODES, RECONNECT_REASONS, Counter
 from edgevoice.devserver import DevServer
 from edgevoice.health import logsetup
 from edgevoice.health.logsetup import REDACTED, RedactingFilter
-from edgevoice.health.metrics import BYTES_PER_S, STATES, metric_names, metrics_text, write_metrics
+from edgevoice.health.metrics import STATES, metric_names, metrics_text, write_metrics
 from edgevoice.health.status import prometheus_text
+from edgevoice.realtime.protocol import PCM_BYTES_PER_S as BYTES_PER_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "edgevoice.json"

@@ -16,7 +16,7 @@ so one instance belongs to one session (or one answer item).
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,8 @@ from edgevoice.audio.resample import StreamingResampler
 Int16Array = npt.NDArray[np.int16]
 UInt8Array = npt.NDArray[np.uint8]
 WireFormat = Literal["pcm", "pcmu", "pcma"]
+_Ints = npt.NDArray[np.signedinteger[Any]]
+_Table = TypeVar("_Table", Int16Array, UInt8Array)
 
 PCM_RATE = 24000  # audio/pcm: 24 kHz mono PCM16 little-endian
 G711_RATE = 8000  # audio/pcmu and audio/pcma: 8 kHz, one byte per sample
@@ -44,27 +46,32 @@ def _all_int16() -> npt.NDArray[np.int32]:
     return np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int32)
 
 
+def _frozen(table: _Table) -> _Table:
+    table.flags.writeable = False
+    return table
+
+
+def _code_table(seg: _Ints, mantissa: _Ints, mask: _Ints) -> UInt8Array:
+    """Both laws' last step: segment and mantissa (0x7F past the last segment), xor the
+    law's mask for the sign, as a read-only table."""
+    code = np.where(seg >= 8, 0x7F, (seg << 4) | (mantissa & 0x0F))
+    return _frozen((code ^ mask).astype(np.uint8))
+
+
 @functools.cache
 def _ulaw_encode_table() -> UInt8Array:
     pcm = _all_int16() >> 2  # 14-bit, arithmetic shift as in g711.c
     negative = pcm < 0
     magnitude = np.minimum(np.where(negative, -pcm, pcm), _ULAW_CLIP) + (_ULAW_BIAS >> 2)
     seg = np.searchsorted(_ULAW_SEG_END, magnitude, side="left")
-    mask = np.where(negative, 0x7F, 0xFF)
-    code = (seg << 4) | ((magnitude >> (seg + 1)) & 0x0F)
-    code = np.where(seg >= 8, 0x7F, code)
-    table = (code ^ mask).astype(np.uint8)
-    table.flags.writeable = False
-    return table
+    return _code_table(seg, magnitude >> (seg + 1), np.where(negative, 0x7F, 0xFF))
 
 
 @functools.cache
 def _ulaw_decode_table() -> Int16Array:
     u = ~np.arange(256, dtype=np.int32) & 0xFF
     t = (((u & 0x0F) << 3) + _ULAW_BIAS) << ((u & 0x70) >> 4)
-    table = np.where(u & 0x80, _ULAW_BIAS - t, t - _ULAW_BIAS).astype(np.int16)
-    table.flags.writeable = False
-    return table
+    return _frozen(np.where(u & 0x80, _ULAW_BIAS - t, t - _ULAW_BIAS).astype(np.int16))
 
 
 @functools.cache
@@ -73,13 +80,8 @@ def _alaw_encode_table() -> UInt8Array:
     negative = pcm < 0
     magnitude = np.where(negative, -pcm - 1, pcm)
     seg = np.searchsorted(_ALAW_SEG_END, magnitude, side="left")
-    mask = np.where(negative, 0x55, 0xD5)
     shift = np.where(seg < 2, 1, seg)
-    code = (seg << 4) | ((magnitude >> np.minimum(shift, 8)) & 0x0F)
-    code = np.where(seg >= 8, 0x7F, code)
-    table = (code ^ mask).astype(np.uint8)
-    table.flags.writeable = False
-    return table
+    return _code_table(seg, magnitude >> np.minimum(shift, 8), np.where(negative, 0x55, 0xD5))
 
 
 @functools.cache
@@ -88,9 +90,7 @@ def _alaw_decode_table() -> Int16Array:
     seg = (a & 0x70) >> 4
     t = (a & 0x0F) << 4
     t = np.where(seg == 0, t + 8, (t + 0x108) << np.maximum(seg - 1, 0))
-    table = np.where(a & 0x80, t, -t).astype(np.int16)
-    table.flags.writeable = False
-    return table
+    return _frozen(np.where(a & 0x80, t, -t).astype(np.int16))
 
 
 def _as_int16(samples: Int16Array) -> Int16Array:

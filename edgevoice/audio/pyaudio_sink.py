@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 import pyaudio
 
-from edgevoice.audio.alsa_quiet import quiet_stderr
 from edgevoice.audio.devices import DeviceEntry, _entries, _selects
 from edgevoice.audio.level import SILENCE_DBFS, rms_dbfs
 from edgevoice.audio.playback import Int16Array, PlaybackBuffer, PlaybackStats
 from edgevoice.audio.portaudio_host import PortAudioHost
-from edgevoice.audio.pyaudio_source import _shutdown_stream, wait_for_pending_close
+from edgevoice.audio.pyaudio_source import _shutdown_stream, opening_stream
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.clock import Clock
 from edgevoice.errors import AudioDeviceError
@@ -194,60 +193,53 @@ class PyAudioSink:
     def open(self) -> None:
         if self._stream is not None:
             return
-        if not wait_for_pending_close(self._close_timeout_s):
-            raise AudioDeviceError(
-                "PortAudio is still hung closing a previous stream; "
-                "the output cannot be opened until that call returns"
-            )
-        pa = self._host.acquire(rescan=True, reserve=True)
-        stream: Any = None
-        with quiet_stderr():
+        with opening_stream(
+            self._host, private_host=self._private_host, close_timeout_s=self._close_timeout_s,
+            hung="PortAudio is still hung closing a previous stream; "
+                 "the output cannot be opened until that call returns",
+            describe=lambda: self.description, forget=self._forget_device,
+        ) as opening:
+            pa = opening.pa
             try:
+                entry = find_output_device(pa, self._device)
+            except AudioDeviceError as exc:
+                # PortAudio has no hot-plug: a speaker plugged in later is listed only
+                # after a re-scan, which needs the microphone closed for a moment.
+                self._host.request_rescan()
+                raise AudioDeviceError(
+                    f"audio output {self._device!r}: {exc}") from exc
+            rate, channels = choose_output(pa, entry, self._requested_rate)
+            frames = max(1, rate * BLOCK_MS // 1000)
+            stats = self._buffer.stats
+            buffer = self._new_buffer(rate)
+            buffer.stats = stats
+            stats.rate = rate
+            with self._lock:
+                self._resamplers.clear()
+                self._buffer = buffer
+                self._entry, self._rate, self._channels = entry, rate, channels
+            try:
+                stream = opening.stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=channels,
+                    rate=rate,
+                    output=True,
+                    output_device_index=entry.index,
+                    frames_per_buffer=frames,
+                    stream_callback=self._make_callback(buffer, channels),
+                    start=False,
+                )
                 try:
-                    entry = find_output_device(pa, self._device)
-                except AudioDeviceError as exc:
-                    # PortAudio has no hot-plug: a speaker plugged in later is listed only
-                    # after a re-scan, which needs the microphone closed for a moment.
-                    self._host.request_rescan()
-                    raise AudioDeviceError(
-                        f"audio output {self._device!r}: {exc}") from exc
-                rate, channels = choose_output(pa, entry, self._requested_rate)
-                frames = max(1, rate * BLOCK_MS // 1000)
-                stats = self._buffer.stats
-                buffer = self._new_buffer(rate)
-                buffer.stats = stats
-                stats.rate = rate
-                with self._lock:
-                    self._resamplers.clear()
-                    self._buffer = buffer
-                    self._entry, self._rate, self._channels = entry, rate, channels
-                try:
-                    stream = pa.open(
-                        format=pyaudio.paInt16,
-                        channels=channels,
-                        rate=rate,
-                        output=True,
-                        output_device_index=entry.index,
-                        frames_per_buffer=frames,
-                        stream_callback=self._make_callback(buffer, channels),
-                        start=False,
-                    )
-                    try:
-                        self._latency_s = float(stream.get_output_latency())
-                    except (OSError, ValueError, AttributeError):
-                        self._latency_s = 0.0
-                    buffer.set_latency(round(self._latency_s * rate))
-                    stream.start_stream()
-                except (OSError, ValueError) as exc:
-                    raise AudioDeviceError(
-                        f"cannot open audio output #{entry.index} {entry.name!r} "
-                        f"at {rate} Hz, {channels} ch: {exc}"
-                    ) from exc
-            except BaseException:
-                _shutdown_stream(self._host, stream, self._private_host,
-                                 self._close_timeout_s, self.description)
-                self._entry = None
-                raise
+                    self._latency_s = float(stream.get_output_latency())
+                except (OSError, ValueError, AttributeError):
+                    self._latency_s = 0.0
+                buffer.set_latency(round(self._latency_s * rate))
+                stream.start_stream()
+            except (OSError, ValueError) as exc:
+                raise AudioDeviceError(
+                    f"cannot open audio output #{entry.index} {entry.name!r} "
+                    f"at {rate} Hz, {channels} ch: {exc}"
+                ) from exc
         self._pa, self._stream = pa, stream
         self._host.rescan_satisfied()
         log.info("playing to %s, output latency %.0f ms, prebuffer %d ms",
@@ -338,6 +330,9 @@ class PyAudioSink:
         return self._level
 
     # -- internals ------------------------------------------------------------------------
+
+    def _forget_device(self) -> None:
+        self._entry = None
 
     def _new_buffer(self, rate: int) -> PlaybackBuffer:
         return PlaybackBuffer(

@@ -32,7 +32,8 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -198,6 +199,37 @@ def _shutdown_stream(host: PortAudioHost, stream: Any, terminate: bool, timeout:
     return True
 
 
+class _Opening:
+    """The PyAudio object an open() uses, and the stream once ``pa.open`` returned it."""
+
+    def __init__(self, pa: Any) -> None:
+        self.pa = pa
+        self.stream: Any = None
+
+
+@contextmanager
+def opening_stream(host: PortAudioHost, *, private_host: bool, close_timeout_s: float,
+                   hung: str, describe: Callable[[], str],
+                   forget: Callable[[], None]) -> Iterator[_Opening]:
+    """The frame of ``PyAudioSource.open`` and ``PyAudioSink.open``.
+
+    Waits (bounded) for a hung close, else raises ``AudioDeviceError(hung)``; reserves the
+    host with a re-scan; runs the body with ALSA's stderr quiet. If the body raises, closes
+    ``opening.stream`` (bounded, which also releases the reservation and a private host),
+    calls ``forget`` and re-raises.
+    """
+    if not wait_for_pending_close(close_timeout_s):
+        raise AudioDeviceError(hung)
+    opening = _Opening(host.acquire(rescan=True, reserve=True))
+    with quiet_stderr():
+        try:
+            yield opening
+        except BaseException:
+            _shutdown_stream(host, opening.stream, private_host, close_timeout_s, describe())
+            forget()
+            raise
+
+
 class PyAudioSource:
     """Capture from a PortAudio input device; implements ``AudioSource``."""
 
@@ -279,56 +311,48 @@ class PyAudioSource:
     def open(self) -> None:
         if self._stream is not None:
             return
-        if not wait_for_pending_close(self._close_timeout_s):
-            raise AudioDeviceError(
-                "PortAudio is still hung closing the previous capture stream; "
-                "it cannot be initialised again until that call returns"
-            )
-        pa = self._host.acquire(rescan=True, reserve=True)
-        with quiet_stderr():
-            stream: Any = None
+        with opening_stream(
+            self._host, private_host=self._private_host, close_timeout_s=self._close_timeout_s,
+            hung="PortAudio is still hung closing the previous capture stream; "
+                 "it cannot be initialised again until that call returns",
+            describe=lambda: self.description, forget=self._forget_device,
+        ) as opening:
+            pa = opening.pa
             try:
-                try:
-                    info = find_input_device(pa, self._device)
-                except AudioDeviceError:
-                    # Listed only after a re-scan, which an open speaker stream prevents.
-                    self._host.request_rescan()
-                    raise
-                channels = choose_channels(info, self._requested_channels)
-                rate = choose_rate(pa, info, self._requested_rate, channels)
-                frames = max(1, rate * self._block_ms // 1000)
-                with self._lock:
-                    self._generation += 1
-                    self._drain()
-                    self._info, self._rate, self._channels = info, rate, channels
-                    self._last_callback = 0.0
-                    self._stalled = False
-                callback = self._make_callback(self._generation, channels)
-                try:
-                    stream = pa.open(
-                        format=pyaudio.paInt16,
-                        channels=channels,
-                        rate=rate,
-                        input=True,
-                        input_device_index=info.index,
-                        frames_per_buffer=frames,
-                        stream_callback=callback,
-                        start=False,
-                    )
-                    self._opened_at = time.monotonic()
-                    stream.start_stream()
-                except (OSError, ValueError) as exc:
-                    raise AudioDeviceError(
-                        f"cannot open audio input #{info.index} {info.name!r} "
-                        f"at {rate} Hz, {channels} ch: {exc}"
-                    ) from exc
-            except BaseException:
-                _shutdown_stream(self._host, stream, self._private_host,
-                                 self._close_timeout_s, self.description)
-                with self._lock:
-                    self._info = None
+                info = find_input_device(pa, self._device)
+            except AudioDeviceError:
+                # Listed only after a re-scan, which an open speaker stream prevents.
+                self._host.request_rescan()
                 raise
-        self._pa, self._stream = pa, stream
+            channels = choose_channels(info, self._requested_channels)
+            rate = choose_rate(pa, info, self._requested_rate, channels)
+            frames = max(1, rate * self._block_ms // 1000)
+            with self._lock:
+                self._generation += 1
+                self._drain()
+                self._info, self._rate, self._channels = info, rate, channels
+                self._last_callback = 0.0
+                self._stalled = False
+            callback = self._make_callback(self._generation, channels)
+            try:
+                opening.stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=channels,
+                    rate=rate,
+                    input=True,
+                    input_device_index=info.index,
+                    frames_per_buffer=frames,
+                    stream_callback=callback,
+                    start=False,
+                )
+                self._opened_at = time.monotonic()
+                opening.stream.start_stream()
+            except (OSError, ValueError) as exc:
+                raise AudioDeviceError(
+                    f"cannot open audio input #{info.index} {info.name!r} "
+                    f"at {rate} Hz, {channels} ch: {exc}"
+                ) from exc
+        self._pa, self._stream = pa, opening.stream
         log.info("capturing from %s, %d ms blocks", self.description, self._block_ms)
 
     def read(self, timeout: float) -> CapturedBlock | None:
@@ -388,6 +412,10 @@ class PyAudioSource:
         self.close()
 
     # -- internals ---------------------------------------------------------------------
+
+    def _forget_device(self) -> None:
+        with self._lock:
+            self._info = None
 
     def _drain(self) -> None:
         """Forget every queued block (called with the lock held)."""

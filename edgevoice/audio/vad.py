@@ -35,15 +35,14 @@ tells speech from non-speech noise (a television's music, clatter) better than e
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from edgevoice.audio.resample import StreamingResampler
+from edgevoice.audio.sorted_window import SortedWindow
 
 RATE = 24000
 SUB_FRAME = 120  # 5 ms at 24 kHz: the unit a click is told from a vowel by
@@ -81,7 +80,26 @@ def _band(n: int) -> npt.NDArray[np.bool_]:
     return band
 
 
-class EnergyVad:
+class _Onset:
+    """The decision both detectors share: while open, each chunk that is speech keeps it
+    open; while closed, `_confirm_chunks` speech chunks in a row open it."""
+
+    _confirm_chunks: int
+    _run: int
+    _open: bool
+
+    def _decide(self, speech: bool) -> bool:
+        if self._open:
+            self._open = speech
+            return speech
+        self._run = self._run + 1 if speech else 0
+        if self._run >= self._confirm_chunks:
+            self._open, self._run = True, 0
+            return True
+        return False
+
+
+class EnergyVad(_Onset):
     """Band energy against an adaptive floor, with hysteresis and onset confirmation."""
 
     def __init__(self, chunk_ms: int, *, open_db: float = OPEN_DB, stay_db: float = STAY_DB,
@@ -95,11 +113,8 @@ class EnergyVad:
         self._min_dbfs = min_dbfs
         self._confirm_chunks = max(2, math.ceil(confirm_ms / chunk_ms))
         self.confirm_ms = self._confirm_chunks * chunk_ms
-        # The floor's window in arrival order, and the same values sorted: the percentile
-        # is then an index, not a sort of 250 values every chunk (40 of 90 µs).
-        self._levels: deque[float] = deque(maxlen=max(1, round(FLOOR_WINDOW_S * 1000
-                                                                / chunk_ms)))
-        self._sorted: list[float] = []
+        # Kept sorted: the percentile is an index, not a sort of 250 values every chunk.
+        self._levels = SortedWindow(max(1, round(FLOOR_WINDOW_S * 1000 / chunk_ms)))
         self._size = 0  # the chunk length the window and band below are for
         self._window = np.zeros(0)
         self._band = np.zeros(0, dtype=bool)
@@ -116,22 +131,12 @@ class EnergyVad:
     @property
     def floor_dbfs(self) -> float:
         """The FLOOR_PERCENTILE of the window, as np.percentile's linear method has it."""
-        values = self._sorted
-        if not values:
+        if not self._levels:
             return -120.0
-        index = (len(values) - 1) * FLOOR_PERCENTILE / 100.0
-        lo = int(index)
-        a, b = values[lo], values[min(lo + 1, len(values) - 1)]
-        t = index - lo
-        diff = b - a
-        return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
+        return self._levels.percentile_linear(FLOOR_PERCENTILE)
 
     def _remember(self, level: float) -> None:
-        if len(self._levels) == self._levels.maxlen:
-            oldest = self._levels[0]
-            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
         self._levels.append(level)
-        bisect.insort(self._sorted, level)
 
     def _band_level(self, pcm: npt.NDArray[np.int16]) -> tuple[float, npt.NDArray[np.float64]]:
         """The chunk's band level (dBFS) and the chunk as floats (for `_sub_levels`)."""
@@ -172,17 +177,10 @@ class EnergyVad:
         threshold = max(floor + margin, self._min_dbfs)
         loud = (level > threshold and len(x) > 0
                 and float(np.mean(self._sub_levels(x) > threshold)) >= LOUD_FRACTION)
-        if self._open:
-            self._open = loud
-            return loud
-        self._run = self._run + 1 if loud else 0
-        if self._run >= self._confirm_chunks:
-            self._open, self._run = True, 0
-            return True
-        return False
+        return self._decide(loud)
 
 
-class MicroVad:
+class MicroVad(_Onset):
     """pymicro-vad on 16 kHz 10 ms frames; a chunk is speech when its frames' mean
     probability reaches `threshold`, and opening needs 40 ms of such chunks in a row."""
 
@@ -225,12 +223,4 @@ class MicroVad:
         if probs:
             self._last = sum(probs) / len(probs)
         self.probability = self._last
-        speech = self._last >= self._threshold
-        if self._open:
-            self._open = speech
-            return speech
-        self._run = self._run + 1 if speech else 0
-        if self._run >= self._confirm_chunks:
-            self._open, self._run = True, 0
-            return True
-        return False
+        return self._decide(self._last >= self._threshold)

@@ -68,7 +68,7 @@ STATUS_FILE_EVERY_S = 2.0
 # window) or while the watchdog withholds its ping.
 RECHECK_S = 0.1
 STALE_MARGIN_S = 0.01  # wake this long after a heartbeat's age limit, so that it is over
-BYTES_PER_S = protocol.INPUT_RATE * 2  # 24 kHz mono PCM16
+BYTES_PER_S = protocol.PCM_BYTES_PER_S
 CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
 ECHO_PREROLL_MS = 400  # mic audio kept while the speaker plays, for a local barge-in
 CONTROL_STOP_S = 1.0
@@ -772,13 +772,11 @@ class Daemon:
         """stream.* gate settings (or what they depend on) changed: a new gate takes over
         between two chunks; an utterance under way is cut short (its turn is not closed)."""
         try:
-            gate = build_speech_gate(new, allowed=self._budget.allows, on_wake=self._on_wake,
-                                     count=self.stats.add, clock=self._clock)
+            gate = self._make_speech_gate(new)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload: keeping the running speech gate: %s", exc,
                       extra={"edgevoice": {"EVENT": "reload"}})
             return
-        self._speech_gate = gate
         self._capture.set_speech_gate(gate)
         log.info("reload: speech gate now %s", new.stream.gate,
                  extra={"edgevoice": {"EVENT": "reload"}})

@@ -261,26 +261,25 @@ class CaptureWorker(Worker):
             start += n
             level = rms_dbfs(piece)
             chunk = AudioChunk(piece.tobytes(), level, captured_at, self._seq)
+            counts = {"chunks_captured": 1, "audio_bytes_captured": piece.nbytes}
             # The echo gate holds the microphone while the speaker plays (and gives back a
             # pre-roll when someone talks over the answer).
             if self._backlog.muted:  # privacy first: not even the echo gate's pre-roll
                 if not self._was_muted and self._speech_gate is not None:
                     self._speech_gate.reset()  # its ring and utterance belong to before
                 self._was_muted = True
-                self._stats.add("chunks_muted")
-                self._seq += 1
-                self._stats.add("chunks_captured")
-                self._stats.add("audio_bytes_captured", piece.nbytes)
-                self._stats.set(capture_level_dbfs=round(level, 1))
-                continue
-            self._was_muted = False
-            for ready in self._gated(chunk):
-                if not self._backlog.put(ready) and isinstance(ready, AudioChunk):
-                    self._stats.add("chunks_muted")  # muted: captured, never queued
+                counts["chunks_muted"] = 1
+            else:
+                self._was_muted = False
+                refused = 0
+                for ready in self._gated(chunk):
+                    if not self._backlog.put(ready) and isinstance(ready, AudioChunk):
+                        refused += 1  # muted meanwhile: captured, never queued
+                if refused:
+                    counts["chunks_muted"] = refused
             self._seq += 1
-            self._stats.add("chunks_captured")
-            self._stats.add("audio_bytes_captured", piece.nbytes)
-            self._stats.set(capture_level_dbfs=round(level, 1))
+            # One lock for the chunk's counters and level (the uplink takes it per chunk too).
+            self._stats.add_many(counts, capture_level_dbfs=round(level, 1))
         # Muted, the part of a chunk left over is dropped too: no sample captured while
         # muted goes out with the first chunk after an unmute.
         self._pending = (np.zeros(0, dtype=np.int16) if self._backlog.muted

@@ -35,16 +35,18 @@ from typing import Any
 from edgevoice.clock import Clock
 from edgevoice.daemon.worker import Worker
 from edgevoice.health.logsetup import redact
-from edgevoice.unix_socket import peer_credentials, remove_own_socket, remove_stale_socket
+from edgevoice.unix_socket import (
+    bind_listener,
+    peer_credentials,
+    remove_own_socket,
+)
 
 log = logging.getLogger("edgevoice.control")
 
-SOCKET_MODE = 0o660
 CLIENT_TIMEOUT_S = 2.0  # a client has this long to send its line, and again to read the reply
 MAX_REQUEST_BYTES = 16 * 1024  # one request line, newline included
 MAX_REPLY_BYTES = 1024 * 1024  # what `ctl` reads back (a status snapshot is a few KiB)
 ACCEPT_WAIT_S = 0.25  # the worker comes round (beats, sees a stop) at least this often
-BACKLOG = 8
 # The packaged unit's RuntimeDirectory: where `ctl` looks when "auto" cannot be resolved
 # from its own environment (it runs in a shell, not under the unit).
 DEFAULT_SOCKET = Path("/run/edgevoice/control.sock")
@@ -144,23 +146,8 @@ class ControlServer(Worker):
 
     def _bind(self) -> socket.socket:
         path = self.path
-        remove_stale_socket(path, "control socket")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(path))
-            # Mode and group before listen(): until then nobody can connect.
-            os.chmod(path, SOCKET_MODE)
-            try:
-                os.chown(path, -1, os.getegid())
-            except OSError as exc:  # the directory's setgid group is kept then
-                log.debug("cannot set the control socket's group: %s", exc)
-            info = os.stat(path)
-            self._inode = (info.st_dev, info.st_ino)
-            listener.listen(BACKLOG)
-            listener.settimeout(ACCEPT_WAIT_S)
-        except BaseException:
-            listener.close()
-            raise
+        listener, self._inode = bind_listener(path, "control socket")
+        listener.settimeout(ACCEPT_WAIT_S)
         log.info("control socket listening at %s", path,
                  extra={"edgevoice": {"EVENT": "control.listening"}})
         return listener

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgevoice.audio.level import SILENCE_DBFS, SPEECH_DBFS
+from edgevoice.audio.sorted_window import SortedWindow
 from edgevoice.clock import Clock
 from edgevoice.daemon.backlog import AudioChunk
 
@@ -129,10 +130,9 @@ class EchoGate:
         self._preroll_chunks = preroll_chunks
         self._reference: deque[float] = deque(maxlen=max(1, math.ceil((tail_ms + chunk_ms)
                                                                       / chunk_ms)))
-        self._coupling: deque[float] = deque(
-            maxlen=max(1, round(COUPLING_WINDOW_S * 1000 / chunk_ms)))
+        self._coupling = SortedWindow(max(1, round(COUPLING_WINDOW_S * 1000 / chunk_ms)))
         self._min_coupling = max(1, round(MIN_COUPLING_S * 1000 / chunk_ms))
-        self._noise: deque[float] = deque(maxlen=max(1, round(NOISE_WINDOW_S * 1000 / chunk_ms)))
+        self._noise = SortedWindow(max(1, round(NOISE_WINDOW_S * 1000 / chunk_ms)))
         self._over = 0  # consecutive held chunks above the threshold
         self._barged_in = False  # open after a barge-in until a new answer starts
         self._seen_quiet = False  # ...which is: playback stopped, then plays again
@@ -147,13 +147,13 @@ class EchoGate:
         """The learnt mic-minus-playback level difference (None until enough was learnt)."""
         if len(self._coupling) < self._min_coupling:
             return None
-        return _percentile(self._coupling, COUPLING_PERCENTILE)
+        return self._coupling.percentile(COUPLING_PERCENTILE)
 
     @property
     def noise_floor_dbfs(self) -> float:
         if not self._noise:
             return SILENCE_DBFS
-        return _percentile(self._noise, NOISE_PERCENTILE)
+        return self._noise.percentile(NOISE_PERCENTILE)
 
     def echo_estimate_dbfs(self) -> float | None:
         """What the echo alone should read on the mic now (None: coupling not learnt yet)."""
@@ -214,9 +214,3 @@ class EchoGate:
         self._preroll.append(chunk)
         self.stats.chunks_held += 1
         return []
-
-
-def _percentile(values: deque[float], fraction: float) -> float:
-    """The value ``fraction`` of the way up the sorted values (nearest rank; not empty)."""
-    ordered = sorted(values)
-    return ordered[round(fraction * (len(ordered) - 1))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -186,10 +187,22 @@ class Stats:
 
     def set(self, **fields: Any) -> None:
         with self._lock:
-            for key, value in fields.items():
-                if not hasattr(self, key) or key.startswith("_"):
-                    raise AttributeError(key)
-                setattr(self, key, value)
+            self._set(fields)
+
+    def add_many(self, counts: Mapping[str, int], /, **fields: Any) -> None:
+        """`add` each of `counts` and `set` `fields` under one lock (a per-chunk path's)."""
+        with self._lock:
+            counters = self.counters
+            for name, n in counts.items():
+                setattr(counters, name, getattr(counters, name) + n)
+            self._set(fields)
+
+    def _set(self, fields: Mapping[str, Any]) -> None:
+        """Called with the lock held."""
+        for key, value in fields.items():
+            if not hasattr(self, key) or key.startswith("_"):
+                raise AttributeError(key)
+            setattr(self, key, value)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

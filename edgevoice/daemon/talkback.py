@@ -154,10 +154,7 @@ class Talkback:
                 self._item_session[item_id] = weakref.ref(session)
                 while len(self._item_session) > self._remember:
                     self._item_session.popitem(last=False)
-            if rate == protocol.OUTPUT_RATE:
-                self._speaker.play(item_id, content_index, pcm)
-            else:
-                self._speaker.play(item_id, content_index, pcm, rate)
+            self._speaker.play(item_id, content_index, pcm, rate)
 
     def _on_audio_done(self, session: TalkbackSession, event: ServerEvent) -> None:
         item_id = event.get_str("item_id")

@@ -216,11 +216,11 @@ class Uplink(Worker):
             # Recorded even if just detached: then it is the newest item to replay.
             self._sent.append((self._clock(), item))
         if isinstance(item, AudioChunk):
-            self._stats.add("chunks_sent")
-            self._stats.add("audio_bytes_sent", len(item.pcm))
-            self._stats.add("wire_audio_bytes_sent", wire_bytes)  # as encoded (G.711: 1/6)
+            counts = {"chunks_sent": 1, "audio_bytes_sent": len(item.pcm),
+                      "wire_audio_bytes_sent": wire_bytes}  # as encoded (G.711: 1/6)
             if item.seq <= self._replay_until_seq:
-                self._stats.add("chunks_replayed")
+                counts["chunks_replayed"] = 1
+            self._stats.add_many(counts)  # one lock, not four
             if self._on_audio_sent is not None:
                 self._on_audio_sent(len(item.pcm))
 

@@ -35,14 +35,13 @@ from prometheus_client.registry import Collector
 from edgevoice.daemon.stats import KNOWN_ERROR_CODES, RECONNECT_REASONS
 from edgevoice.health.logsetup import redact
 from edgevoice.health.status import PublicText, write_atomic
-from edgevoice.realtime.protocol import INPUT_RATE
+from edgevoice.realtime.protocol import PCM_BYTES_PER_S
 
 __all__ = ["COUNTERS", "GAUGES", "STATES", "metric_names", "metrics_text", "write_metrics"]
 
 # Every state the daemon reports (edgevoice_state{state=...} is one-hot over these).
 STATES = ("starting", "connecting", "streaming", "offline", "stopping", "stopped", "failed")
 ERROR_CODES = (*sorted(KNOWN_ERROR_CODES), "other")
-BYTES_PER_S = INPUT_RATE * 2  # 24 kHz mono PCM16, what is captured and sent
 
 Snapshot = Mapping[str, Any]
 
@@ -68,7 +67,7 @@ def seconds_of(key: str) -> Callable[[Snapshot], Any]:
 
     def get(snap: Snapshot) -> Any:
         value = bytes_of(snap)
-        return None if value is None else value / BYTES_PER_S
+        return None if value is None else value / PCM_BYTES_PER_S
     return get
 
 

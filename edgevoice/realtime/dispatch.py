@@ -1,7 +1,7 @@
 """One dispatch for server events: a table from event type to the handlers that want it.
 
-Session state, logging, counting (and later playback and transcript sinks) each register
-handlers here instead of growing their own `if` chains. Every handler receives the session
+Session state, logging, counting, history, playback, the speech gate and transcripts each
+register handlers here instead of growing their own `if` chains. Every handler receives the session
 the event came from, which matters while two sessions are open during a rollover. Beta-era
 names are normalised before lookup (and at registration), so a handler registers once.
 """

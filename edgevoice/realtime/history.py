@@ -154,11 +154,10 @@ class History:
         item_id = event.get_str("item_id")
         if not item_id or self._keep == 0:
             return
-        delta = event.get_str("delta")  # decoded length from the base64 text, no decoding
-        n = len(delta) * 3 // 4 - (delta[-2:].count("=") if delta else 0)
-        n *= protocol.PCM24K_BYTES_PER_WIRE_BYTE.get(event.audio_format, 1)  # G.711: 8 kHz
+        # Decoded once per event (the counters already did): 24 kHz PCM16 bytes, any format.
+        n = protocol.delta_pcm24k_bytes(event)  # MalformedEvent: the dispatcher counts it
         with self._lock:
-            self._slot(item_id, "assistant").audio_bytes += max(0, n)
+            self._slot(item_id, "assistant").audio_bytes += n
 
     def _on_truncated(self, session: object, event: ServerEvent) -> None:
         item_id = event.get_str("item_id")

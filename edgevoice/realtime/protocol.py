@@ -31,14 +31,13 @@ from edgevoice.settings import ServerSettings, SessionSettings
 
 INPUT_RATE = 24000  # audio/pcm is 24 kHz mono s16le, and nothing else
 OUTPUT_RATE = 24000
-G711_RATE = 8000  # audio/pcmu and audio/pcma: 8 kHz, one byte per sample, no rate field
+# What the counters of audio time count in (captured, sent): 24 kHz mono PCM16, whatever
+# session.input_format puts on the wire.
+PCM_BYTES_PER_S = INPUT_RATE * 2
 # session.input_format / output_format -> the GA format type (RealtimeAudioFormats).
 FORMAT_TYPES = {"pcm": "audio/pcm", "pcmu": "audio/pcmu", "pcma": "audio/pcma"}
 # Beta-era `input_audio_format` / `output_audio_format` names of the same formats.
 LEGACY_FORMATS = {"pcm": "pcm16", "pcmu": "g711_ulaw", "pcma": "g711_alaw"}
-# Wire bytes of a delta -> bytes of the same audio time as 24 kHz PCM16 (what counters and
-# history count in).
-PCM24K_BYTES_PER_WIRE_BYTE = {"pcm": 1, "pcmu": 6, "pcma": 6}
 
 # Beta-era names some proxies still send -> the GA name we dispatch on.
 BETA_EVENT_NAMES = {
@@ -364,7 +363,7 @@ def decode_audio_delta(event: ServerEvent) -> bytes:
 
 def delta_rate(event: ServerEvent) -> int:
     """The sample rate of `decode_audio_delta(event)`."""
-    return OUTPUT_RATE if event.audio_format == "pcm" else G711_RATE
+    return g711.wire_rate(event.audio_format)
 
 
 def delta_pcm24k_bytes(event: ServerEvent) -> int:

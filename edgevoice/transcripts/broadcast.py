@@ -19,22 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
 import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgevoice.unix_socket import peer_credentials, remove_own_socket, remove_stale_socket
+from edgevoice.unix_socket import bind_listener, peer_credentials, remove_own_socket
 
 log = logging.getLogger("edgevoice.transcripts")
 
-SOCKET_MODE = 0o660
 MAX_BUFFER = 256 * 1024  # pending bytes per reader before it is dropped
 MAX_READERS = 32
 SELECT_S = 0.5
-BACKLOG = 8
 RECV_BYTES = 4096
 
 
@@ -98,21 +95,7 @@ class SocketBroadcast:
             return len(self._readers)
 
     def _bind(self) -> socket.socket:
-        remove_stale_socket(self.path, "transcript socket")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(self.path))
-            os.chmod(self.path, SOCKET_MODE)  # before listen(): nobody connects until then
-            try:
-                os.chown(self.path, -1, os.getegid())
-            except OSError as exc:
-                log.debug("cannot set the transcript socket's group: %s", exc)
-            info = os.stat(self.path)
-            self._inode = (info.st_dev, info.st_ino)
-            listener.listen(BACKLOG)
-        except BaseException:
-            listener.close()
-            raise
+        listener, self._inode = bind_listener(self.path, "transcript socket")
         log.info("transcript socket listening at %s", self.path,
                  extra={"edgevoice": {"EVENT": "transcripts.listening"}})
         return listener
