@@ -46,6 +46,7 @@ bench: venv
 	$(PY) benchmarks/bench_downlink.py
 	$(PY) benchmarks/bench_bargein.py
 	$(PY) benchmarks/bench_daemon.py --json benchmarks/results/daemon.json
+	$(PY) benchmarks/bench_floor.py
 	$(PY) benchmarks/bench_wakeword.py
 
 deps:

@@ -370,7 +370,8 @@ class Bench:
         env.update(ALSA_CONFIG_PATH=str(alsa), NOTIFY_SOCKET=notify.address,
                    EDGEVOICE_BENCH_KEY=KEY, PYTHONUNBUFFERED="1", **(extra_env or {}))
         log_path = directory / "daemon.log"
-        command = [*(prefix or [sys.executable, "-m", "edgevoice"]), "run", "--config",
+        pin = ["taskset", "-c", self.args.cpus] if self.args.cpus else []
+        command = [*pin, *(prefix or [sys.executable, "-m", "edgevoice"]), "run", "--config",
                    str(config_path)]
         proc: subprocess.Popen[bytes] | None = None
         try:
@@ -676,6 +677,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also sample each scenario with py-spy record (where the time "
                              "goes, per thread and function)")
+    parser.add_argument("--cpus", default="",
+                        help="run the daemon under `taskset -c CPUS` (e.g. 1: one CPU)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="scenarios to run (streaming playback idle_gate memory imports)")
     args = parser.parse_args()

@@ -20,6 +20,7 @@ from test_supervisor_unit import LOUD, Rig, connected
 
 from edgevoice.audio.vad import EnergyVad
 from edgevoice.audio.wav_source import WavSource
+from edgevoice.daemon.app import CAPTURE_IDLE_WAKE_S, speaker_busy
 from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog, ClientEvent, QueuedItem
 from edgevoice.daemon.backoff import Backoff
 from edgevoice.daemon.capture_worker import CaptureConfig, CaptureWorker
@@ -548,3 +549,99 @@ def test_the_capture_chain_gates_resets_on_mute_and_swaps_between_chunks(
     worker2.set_speech_gate(swapped)
     worker2.step()
     assert worker2.speech_gate is swapped
+
+
+def _room_wav(tmp_path: Path) -> Path:
+    rate = 24000
+    room = fan_noise(6.0, rate, rms=150.0)
+    voice = speech(2.5, rate, talk=[(0.0, 2.0)]).astype(np.float64)
+    room[2 * rate:2 * rate + len(voice)] += voice
+    return write_wav(tmp_path / "room.wav",
+                     np.clip(np.round(room), -32768, 32767).astype(np.int16), rate)
+
+
+def _gated_run(wav: Path, *, idle_wake_s: float, speaker_busy: Callable[[], bool] | None = None,
+               muted: bool = False) -> tuple[list[QueuedItem], list[tuple[bool, int]]]:
+    """The capture chain over the file (read faster than real time); returns what it queued
+    and, per step, whether the worker was idle when the step began and how many blocks the
+    step took."""
+    backlog = ChunkBacklog(10_000)
+    backlog.set_muted(muted)
+    sources: list[WavSource] = []
+
+    def source() -> WavSource:
+        sources.append(WavSource(wav, realtime=False, loop=False))
+        return sources[-1]
+
+    gate = SpeechGate(mode="vad", chunk_ms=CHUNK_MS, preroll_ms=300, hangover_ms=400,
+                      max_utterance_s=30.0, turn_detection="none", conversation=False,
+                      vad=EnergyVad(CHUNK_MS))
+    config = CaptureConfig(source, "room", CHUNK_MS, 30.0, idle_wake_s=idle_wake_s)
+    worker = CaptureWorker(config, backlog, Stats(), reopen_backoff=Backoff(0.01, 0.05, 2),
+                           speech_gate=gate, speaker_busy=speaker_busy)
+    worker.step()  # opens
+    steps: list[tuple[bool, int]] = []
+    while not sources[0].exhausted:
+        idle = worker._idle()  # the decision this test is about
+        before = sources[0].stats.blocks
+        worker.step()
+        steps.append((idle, sources[0].stats.blocks - before))
+    worker.cleanup()
+    items = []
+    while (item := backlog.get(0.0)) is not None:
+        items.append(item)
+    return items, steps
+
+
+def test_an_idle_capture_worker_takes_blocks_in_batches_and_decides_the_same(
+        tmp_path: Path) -> None:
+    """While the gate is closed the worker wakes once per idle_wake_s and takes every block
+    that came meanwhile; the gate still sees every block in order, so the same chunks and
+    events go out. Once the gate is open (or while an answer plays) it takes one block per
+    wake-up again."""
+    wav = _room_wav(tmp_path)
+    per_block, steps0 = _gated_run(wav, idle_wake_s=0.0)
+    batched, steps = _gated_run(wav, idle_wake_s=0.005)
+    assert sent_seqs(per_block) and events(per_block) == ["input_audio_buffer.commit"]
+    assert [(type(i), getattr(i, "seq", None), getattr(i, "pcm", None)) for i in batched] == [
+        (type(i), getattr(i, "seq", None), getattr(i, "pcm", None)) for i in per_block]
+    assert all(taken == 1 for _, taken in steps0)
+    assert sum(taken for _, taken in steps) == sum(taken for _, taken in steps0) == 300
+    assert max(taken for idle, taken in steps if idle) > 1  # batches while closed
+    assert all(taken == 1 for idle, taken in steps if not idle)  # one by one while open
+    assert len(steps) < len(steps0) // 2
+
+    # An answer playing: a barge-in must be heard as it happens, so no batches.
+    _, busy_steps = _gated_run(wav, idle_wake_s=0.005, speaker_busy=lambda: True)
+    assert all(taken == 1 for _, taken in busy_steps)
+    # Muted, one block at a time too: the mute applies to a block when it is processed, so
+    # a batch taken just after an unmute would send what was captured before it.
+    muted, muted_steps = _gated_run(wav, idle_wake_s=0.005, muted=True)
+    assert muted == [] and all(taken == 1 for _, taken in muted_steps)
+
+
+def test_idle_wake_must_not_be_negative(tmp_path: Path) -> None:
+    config = CaptureConfig(lambda: WavSource(_room_wav(tmp_path)), "room", CHUNK_MS, 30.0,
+                           idle_wake_s=-1.0)
+    with pytest.raises(ValueError, match="idle_wake_s"):
+        CaptureWorker(config, ChunkBacklog(10), Stats(), reopen_backoff=Backoff(0.01, 0.05, 2))
+
+
+class _Speaker:
+    def __init__(self) -> None:
+        self.playing = False
+        self.last_played_at: float | None = None
+
+
+def test_the_speaker_is_busy_while_it_plays_and_for_its_echo_tail_and_a_batch() -> None:
+    """While busy the capture worker takes each block at once: the echo gate judges its
+    tail when it processes a block, so a batch taken late would let the tail's echo
+    through to the speech gate."""
+    speaker = _Speaker()
+    assert not speaker_busy(speaker, 0.3, 100.0)  # never played
+    speaker.playing = True
+    assert speaker_busy(speaker, 0.3, 100.0)
+    speaker.playing, speaker.last_played_at = False, 100.0
+    tail = 0.3 + CAPTURE_IDLE_WAKE_S
+    assert speaker_busy(speaker, 0.3, 100.0 + tail - 0.01)
+    assert not speaker_busy(speaker, 0.3, 100.0 + tail + 0.01)

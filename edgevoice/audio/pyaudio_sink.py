@@ -10,7 +10,9 @@ and returns it. It never waits for anything but that lock.
 8 kHz decoded G.711) to the device rate with one ``StreamingResampler`` per item
 (``end_of_item`` flushes the filter's tail) outside the lock, then queues it. It never
 blocks: when ``buffer_s`` of device audio is queued the oldest frames are dropped and
-counted (``stats.dropped_frames``).
+counted (``stats.dropped_frames``). A flushed (reset) resampler is a new one but for its
+tables, so it is kept for the next item: building one costs 0.2 ms at 48 kHz and 1.3 ms
+at 44.1 kHz (147 phases) here, as much as resampling 3.5 s of answer at 44.1 kHz.
 
 ``played_ms`` is what the callback consumed of an item less the output latency PortAudio
 reports (``stream.get_output_latency()``), never negative; once an item finished playing
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 WIRE_RATE = 24000
 FALLBACK_RATES = (48000, 44100, 24000)
 BLOCK_MS = 20
+_SPARE = 2  # reset resamplers kept per rate pair (a barge-in may free a few at once)
 
 
 def output_devices(pa: Any) -> list[DeviceEntry]:
@@ -138,6 +141,8 @@ class PyAudioSink:
         self._private_host = host is None
         self._lock = threading.Lock()  # open/close and the resamplers
         self._resamplers: dict[str, tuple[StreamingResampler, int]] = {}
+        # Reset resamplers for the next items, by (in rate, out rate); at most _SPARE each.
+        self._spare: dict[tuple[int, int], list[StreamingResampler]] = {}
         self._stream: Any = None
         self._pa: Any = None
         self._entry: DeviceEntry | None = None
@@ -216,6 +221,7 @@ class PyAudioSink:
             stats.rate = rate
             with self._lock:
                 self._resamplers.clear()
+                self._spare.clear()
                 self._buffer = buffer
                 self._entry, self._rate, self._channels = entry, rate, channels
             try:
@@ -288,7 +294,9 @@ class PyAudioSink:
             buffer = self._buffer
             entry = self._resamplers.get(item_id)
             if entry is None:
-                entry = (StreamingResampler(rate, buffer.rate), content_index)
+                spare = self._spare.get((rate, buffer.rate))
+                resampler = spare.pop() if spare else StreamingResampler(rate, buffer.rate)
+                entry = (resampler, content_index)
                 self._resamplers[item_id] = entry
                 while len(self._resamplers) > 16:  # items that never got end_of_item
                     self._resamplers.pop(next(iter(self._resamplers)))
@@ -302,13 +310,18 @@ class PyAudioSink:
         with self._lock:
             buffer = self._buffer
             entry = self._resamplers.pop(item_id, None)
-            tail = entry[0].flush() if entry is not None else None
+            tail = entry[0].flush() if entry is not None else None  # and reset
+            if entry is not None:
+                self._keep_spare(entry[0])
         if entry is not None and tail is not None and tail.size:
             buffer.push(item_id, entry[1], tail)
         buffer.end(item_id)
 
     def flush(self) -> tuple[str, int, int] | None:
         with self._lock:
+            for resampler, _index in self._resamplers.values():
+                resampler.reset()
+                self._keep_spare(resampler)
             self._resamplers.clear()
         return self._buffer.flush()
 
@@ -330,6 +343,12 @@ class PyAudioSink:
         return self._level
 
     # -- internals ------------------------------------------------------------------------
+
+    def _keep_spare(self, resampler: StreamingResampler) -> None:
+        """Keep a reset resampler for a later item (lock held)."""
+        spare = self._spare.setdefault((resampler.in_rate, resampler.out_rate), [])
+        if len(spare) < _SPARE:
+            spare.append(resampler)
 
     def _forget_device(self) -> None:
         self._entry = None

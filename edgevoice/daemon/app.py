@@ -71,6 +71,9 @@ STALE_MARGIN_S = 0.01  # wake this long after a heartbeat's age limit, so that i
 BYTES_PER_S = protocol.PCM_BYTES_PER_S
 CAPTURE_REOPEN_BACKOFF = (0.5, 10.0, 2.0)  # initial, max, multiplier (seconds)
 ECHO_PREROLL_MS = 400  # mic audio kept while the speaker plays, for a local barge-in
+# The capture worker's wake-up period while the speech gate is closed (capture_worker.py):
+# an onset goes out at most this much later.
+CAPTURE_IDLE_WAKE_S = 0.1
 CONTROL_STOP_S = 1.0
 TRANSCRIPTS_STOP_S = 1.0
 SAY_MAX_CHARS = 2000
@@ -93,6 +96,24 @@ def _gate_settings(s: Settings) -> tuple[object, ...]:
     return (st.gate, st.vad, st.preroll_ms, st.hangover_ms, st.max_utterance_s, st.wake_word,
             st.wake_threshold, st.send_wake_word, st.follow_up_s, s.audio.chunk_ms,
             s.session.turn_detection, s.session.mode, s.session.silence_duration_ms)
+
+
+class PlayingSpeaker(Protocol):
+    @property
+    def playing(self) -> bool: ...
+
+    @property
+    def last_played_at(self) -> float | None: ...
+
+
+def speaker_busy(speaker: PlayingSpeaker, echo_tail_s: float, now: float) -> bool:
+    """Playing, or within the echo tail plus one idle batch (a block may be processed that
+    much after it was captured, and the echo gate judges the tail when it processes it):
+    the capture worker then takes each block at once."""
+    if speaker.playing:
+        return True
+    last = speaker.last_played_at
+    return last is not None and now < last + echo_tail_s + CAPTURE_IDLE_WAKE_S
 
 
 def say_events(text: str) -> list[dict[str, Any]]:
@@ -165,6 +186,7 @@ class Daemon:
             device_label=f"WAV {audio.wav_file}" if audio.wav_file else str(audio.device),
             chunk_ms=audio.chunk_ms,
             silence_warn_s=settings.health.silence_warn_s,
+            idle_wake_s=min(CAPTURE_IDLE_WAKE_S, audio.queue_s / 2),
         )
 
     def _make_session_factory(self, settings: Settings,
@@ -291,6 +313,11 @@ class Daemon:
                 playback_level_dbfs=lambda: float(speaker.level_dbfs),
                 on_barge_in=self._local_barge_in, clock=self._clock)
 
+    def _speaker_busy(self) -> bool:
+        speaker = self._speaker
+        return speaker is not None and speaker_busy(
+            speaker, self.settings.playback.echo_tail_ms / 1000, self._clock())
+
     # -- the speech gate ----------------------------------------------------------------
 
     def _make_speech_gate(self, s: Settings) -> SpeechGate:
@@ -387,6 +414,7 @@ class Daemon:
             rescan_wanted=(self._parts.rescan_wanted
                            if s.playback.enabled and not s.audio.wav_file else None),
             speech_gate=self._make_speech_gate(s),
+            speaker_busy=self._speaker_busy,
         )
         self._supervisor = Supervisor(s, self._make_session_factory(s, self._api_key),
                                       self._capture, self._uplink, backlog, self.stats,

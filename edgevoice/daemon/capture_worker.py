@@ -17,6 +17,19 @@ speech gate (`stream.gate`: what of the room is streamed at all, and where turns
 Muted (`edgevoice ctl mute`: the backlog refuses audio) the worker goes on reading, so the
 device stays open and the watchdog fed; the chunks it cuts are counted (`chunks_muted`) and
 thrown away.
+
+Idle (`CaptureConfig.idle_wake_s` > 0; the daemon sets it): while nothing the worker reads
+could go out at once (the `vad` speech gate closed, or capped) and the speaker is quiet,
+the worker wakes once per `idle_wake_s` and takes the blocks that arrived meanwhile,
+instead of once per block. A wake-up is most of what a chunk costs
+(`benchmarks/bench_floor.py`: the same work costs several times more after a 20 ms sleep
+than back to back), and a device spends most of its day idle. The gate still sees every
+block, in order, so it decides exactly as before and the same audio goes out; what changes
+is when: an onset is acted on up to `idle_wake_s` later. Every block is taken as it
+arrives while listening for a wake word (its cue must come at once), once the gate is
+open, while muted (the mute applies to a block when it is processed), and while an answer
+plays or its echo tail lasts (a barge-in must be heard at once; the echo gate judges its
+tail by the time a block is processed).
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ log = logging.getLogger("edgevoice.capture")
 
 LOG_EACH_ATTEMPT = 5  # reopen attempts logged one by one; after that one line a minute
 SUMMARY_EVERY_S = 60.0
+BATCH_MAX_BLOCKS = 500  # blocks taken per idle wake-up at most (only an unpaced file gets there)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,9 @@ class CaptureConfig:
     device_label: str  # for "waiting for microphone 'USB'"
     chunk_ms: int
     silence_warn_s: float
+    # While idle, wake once per this many seconds (0: once per block; see the module doc).
+    # At most half the source's queue (audio.queue_s), or a late wake-up drops blocks.
+    idle_wake_s: float = 0.0
 
 
 class CaptureWorker(Worker):
@@ -70,9 +87,13 @@ class CaptureWorker(Worker):
         gate: Callable[[AudioChunk], Sequence[AudioChunk]] | None = None,
         rescan_wanted: Callable[[], bool] | None = None,
         speech_gate: SpeechGate | None = None,
+        speaker_busy: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__("capture", clock)
+        if config.idle_wake_s < 0:
+            raise ValueError(f"idle_wake_s must not be negative, not {config.idle_wake_s}")
         self._gate = gate
+        self._speaker_busy = speaker_busy
         # After the echo gate: what of the room goes out at all (stream.gate).
         self._speech_gate = speech_gate
         self._new_speech_gate: SpeechGate | None = None
@@ -215,24 +236,51 @@ class CaptureWorker(Worker):
         self.sleep(delay)
 
     def _read_once(self, source: AudioSource) -> None:
+        idle_wake_s = self._config.idle_wake_s
+        if idle_wake_s <= 0 or not self._idle():
+            self._take(source, timeout=0.25)
+            return
+        if self.sleep(idle_wake_s):
+            return
+        # Everything that arrived meanwhile: a block left queued would wait a whole period
+        # more, and blocks arriving faster than taken would overflow the source's queue.
+        # Bounded only for a source that never runs dry (a file read faster than real time).
+        for _ in range(BATCH_MAX_BLOCKS):
+            if not self._take(source, timeout=0.0) or not self._idle() or self.stopping:
+                return  # none left, the gate opened (a wake-up per block again), or a stop
+
+    def _idle(self) -> bool:
+        """Nothing read now could go out at once, and the speaker is quiet: a barge-in must
+        be heard as it happens, and the echo gate judges its tail by the time a block is
+        processed. Not while muted: the mute is judged then too, so a block captured
+        before an unmute but taken after it would go out."""
+        gate = self._speech_gate  # first: while streaming, the one question asked per block
+        if gate is None or not gate.idle or self._backlog.muted:
+            return False
+        return self._speaker_busy is None or not self._speaker_busy()
+
+    def _take(self, source: AudioSource, timeout: float) -> bool:
+        """Read and process one block; False when none came within `timeout` (or the
+        device failed and was closed)."""
         try:
-            block = source.read(timeout=0.25)
+            block = source.read(timeout=timeout)
         except AudioDeviceError as exc:
             log.error("capture device failed: %s; reopening", exc,
                       extra={"edgevoice": {"EVENT": "capture.failed"}})
             self._stats.add("capture_reopens")
             self._stats.set(last_error=f"microphone: {exc}")
             self._close_source()
-            return
+            return False
         self._account(source)
         if block is None:
-            return
+            return False
         self.last_audio_at = self._clock()
         change = self._detector.update(block.samples)
         if change is not None:
             self._report_dead_input(change)
         out = self._resampler.process(block.samples)
         self._emit(out, block.captured_at)
+        return True
 
     def _report_dead_input(self, reason: str) -> None:
         if reason:

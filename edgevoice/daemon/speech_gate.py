@@ -200,6 +200,15 @@ class SpeechGate:
             return "follow-up" if self._in_follow_up() else "listening for wake word"
         return "closed"
 
+    @property
+    def idle(self) -> bool:
+        """Capped, or closed with `vad`: no chunk goes out before the detector has seen
+        it, so the capture worker may take blocks in batches. Not while listening for a
+        wake word: its cue must follow the word at once (a late cue is still playing when
+        the question starts, and the server's speech_started then cuts it)."""
+        phase = self._phase
+        return phase == "capped" or (self.mode == "vad" and phase == "closed")
+
     def _in_follow_up(self) -> bool:
         until = self._follow_up_until
         return until is not None and self._clock() < until
