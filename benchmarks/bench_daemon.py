@@ -41,7 +41,6 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -64,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import machine  # noqa: E402  (benchmarks/)
 from signals import speech  # noqa: E402  (tests/: the project's one speech generator)
 from systemd_fixtures import NotifyRecorder  # noqa: E402
 
@@ -561,14 +561,6 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def print_report(report: dict[str, Any]) -> None:
     print(f"whole daemon: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"load {report['machine']['load_before']} before; 48 kHz stereo, "
@@ -690,9 +682,7 @@ def main() -> int:
                                               "imports"}
     began = time.monotonic()
     report: dict[str, Any] = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])},
+        "machine": machine(),
         "targets": {"pct_of_core": TARGET_PCT, "rss_mb": TARGET_RSS_MB,
                     "start_s": TARGET_START_S, "capture_to_wire_p99_ms": TARGET_LATENCY_MS},
         "chunk_ms": CHUNK_MS,

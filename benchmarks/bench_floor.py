@@ -33,7 +33,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import queue
 import resource
 import socket
@@ -50,6 +49,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from machine import machine  # noqa: E402  (benchmarks/)
 
 from edgevoice.audio.fifo_mic import FifoWriter, make_fifo_microphone  # noqa: E402
 from edgevoice.audio.fifo_speaker import FifoSpeaker, make_fifo_speaker  # noqa: E402
@@ -339,13 +340,6 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"\nmemory floor: not measured ({mem.get('error', '')})")
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0,
@@ -367,9 +361,7 @@ def main() -> int:
         return 0
     began = time.monotonic()
     report: dict[str, Any] = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])},
+        "machine": machine(),
         "chunk_ms": CHUNK_MS,
         "cold": cold(args.rounds),
         "memory": memory(),

@@ -43,6 +43,8 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import cpu_model  # benchmarks/
+
 from edgevoice.audio.resample import StreamingResampler
 
 Int16Array = npt.NDArray[np.int16]
@@ -367,16 +369,6 @@ def run_timing(
 
 
 # --- report ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def blas_name() -> str:
