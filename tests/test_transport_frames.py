@@ -37,8 +37,8 @@ def test_text_frame_mask_key_is_fresh_per_frame() -> None:
 def test_frames_read_ahead_come_out_whole_and_in_order() -> None:
     """Frames of every header size, sent together (many per socket read) and then cut into
     odd pieces (a frame's header and payload across reads), over a real 127.0.0.1
-    connection: every text comes out once, whole, in order; a ping in between is answered
-    and not returned; the close after them is seen."""
+    connection: every text comes out once, whole, in order; a ping in between is not
+    returned as a text; the close after them is seen."""
     rng = random.Random(7)
     texts = [_text(n, rng) for n in (0, 1, 125, 126, 6500, 65535, 65536, 70001, 200_000)]
     together = b"".join(HostileConn.frame(TEXT, t.encode()) for t in texts)
