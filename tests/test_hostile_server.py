@@ -373,8 +373,8 @@ def test_hanging_name_lookup_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> No
     release = threading.Event()
     real = socket.getaddrinfo
 
-    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
-        if host == "hangs.example":
+    def hanging(host: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if host in ("hangs.example", b"hangs.example"):
             release.wait(10)
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return real(host, *args, **kwargs)
@@ -386,6 +386,26 @@ def test_hanging_name_lookup_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> No
         release.set()
     assert str(error) == "connect timed out after 0.5s (while resolving hangs.example)"
     assert took < 0.9
+
+
+@pytest.mark.parametrize("host", ["api..example.com", "\u00e9" + "x" * 70 + ".example"])
+def test_a_malformed_host_name_is_a_failed_lookup(host: str) -> None:
+    """An empty or over-long label: a lookup failure like any other, not a KeyError from a
+    helper thread that died of the idna codec's UnicodeError (with its traceback on
+    stderr). The ASCII name never reaches the codec; the non-ASCII one does and is
+    refused there."""
+    seen: list[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value or Exception())
+    try:
+        error, _took = timed_connect(f"ws://{host}/v1/realtime", 2.0)
+    finally:
+        threading.excepthook = previous
+    assert isinstance(error, ConnectionLost), repr(error)
+    # The resolver refuses an empty label at once; a slow DNS would make it a timeout.
+    assert ("name resolution failed" in str(error)
+            or str(error).startswith("connect timed out")), str(error)
+    assert seen == []
 
 
 def test_connect_through_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:

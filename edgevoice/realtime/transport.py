@@ -530,12 +530,17 @@ class _Attempt:
 
 def _resolve(host: str, port: int, attempt: _Attempt, stop: threading.Event) -> list[Any]:
     """getaddrinfo within the deadline: on a helper thread, abandoned if it hangs."""
+    # An ASCII name goes to the resolver as bytes. As a str, CPython first runs it through
+    # the idna codec, which raises UnicodeError, not an OSError, for an empty or over-long
+    # label ("api..example.com") and imports encodings.idna, stringprep and unicodedata to
+    # do so (0.4 MB), even for a literal address.
+    name: str | bytes = host.encode("ascii") if host.isascii() else host
     try:
         ipaddress.ip_address(host)
     except ValueError:
         pass
     else:  # a literal address: nothing to look up
-        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+        return socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP,
                                   socket.AI_NUMERICHOST)
     if not _lookups.acquire(blocking=False):
         raise ConnectionLost(f"cannot connect: {MAX_PENDING_LOOKUPS} earlier name lookups "
@@ -545,10 +550,12 @@ def _resolve(host: str, port: int, attempt: _Attempt, stop: threading.Event) -> 
 
     def lookup() -> None:
         try:
-            box["result"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM,
+            box["result"] = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM,
                                                socket.IPPROTO_TCP)
         except OSError as exc:
             box["error"] = exc
+        except UnicodeError as exc:  # a non-ASCII name the idna codec refuses
+            box["error"] = socket.gaierror(socket.EAI_NONAME, f"not a valid host name ({exc})")
         finally:
             _lookups.release()
             done.set()
