@@ -42,8 +42,10 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from machine import cpu_model  # benchmarks/
+from signals import fit_sine  # tests/: how the tests judge the resampler's quality
 
 from edgevoice.audio.resample import StreamingResampler
 
@@ -201,18 +203,6 @@ def stream(convert: Convert, x: Int16Array, chunk: int) -> tuple[Int16Array, lis
     return np.concatenate(parts), n_in, n_out
 
 
-def fit(y: npt.NDArray[Any], rate: int, freq: float, start: int) -> tuple[float, float]:
-    """Least-squares sine at ``freq`` plus DC on y[start:]: (amplitude, residual rms)."""
-    seg = np.asarray(y[start:], dtype=np.float64)
-    t = (np.arange(seg.shape[0]) + start) / rate
-    basis = np.stack(
-        [np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t), np.ones_like(t)], axis=1
-    )
-    coef, *_ = np.linalg.lstsq(basis, seg, rcond=None)
-    residual = seg - basis @ coef
-    return float(math.hypot(coef[0], coef[1])), float(np.sqrt(np.mean(residual**2)))
-
-
 def db(ratio: float) -> float:
     """Decibels; an all-zero int16 output (below half an LSB) reads as SILENT_DB."""
     return max(20 * math.log10(ratio), SILENT_DB) if ratio > 0 else SILENT_DB
@@ -241,7 +231,7 @@ def measure_quality(name: str, in_rate: int, out_rate: int, soxr: ModuleType | N
         return float(rng.uniform(0, 2 * np.pi))
 
     x = tone(997.0, TONE_S, in_rate, MINUS_3_DBFS, phase())
-    amp, resid = fit(run(x)[0], out_rate, 997.0, settle)
+    amp, _, resid = fit_sine(run(x)[0], out_rate, 997.0, settle)
     thd_n = db(resid / (amp / math.sqrt(2)))
     tone_rms = MINUS_3_DBFS * FULL_SCALE / math.sqrt(2)
 
@@ -251,7 +241,7 @@ def measure_quality(name: str, in_rate: int, out_rate: int, soxr: ModuleType | N
 
     def image(freq: float) -> float:
         y = run(tone(freq, TONE_S, in_rate, MINUS_3_DBFS, phase()))[0]
-        return db(fit(y, out_rate, freq, settle)[1] / tone_rms)
+        return db(fit_sine(y, out_rate, freq, settle)[2] / tone_rms)
 
     down = in_rate > out_rate
     alias_13k = alias(13000.0) if down and out_rate == 24000 else None
@@ -262,8 +252,8 @@ def measure_quality(name: str, in_rate: int, out_rate: int, soxr: ModuleType | N
     gain_10k = None
     if min(in_rate, out_rate) / 2 > 10000.0:
         x = tone(10000.0, TONE_S, in_rate, MINUS_3_DBFS, phase())
-        a_out, _ = fit(run(x)[0], out_rate, 10000.0, settle)
-        a_in, _ = fit(x, in_rate, 10000.0, 0)
+        a_out, _, _ = fit_sine(run(x)[0], out_rate, 10000.0, settle)
+        a_in, _, _ = fit_sine(x, in_rate, 10000.0, 0)
         gain_10k = db(a_out / a_in)
 
     # Delay: where an impulse comes out, plus the input a call has not answered for yet.

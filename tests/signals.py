@@ -173,3 +173,24 @@ def keyboard_clicks(seconds: float, rate: int = 24000, *, seed: int = 7,
             out[i:i + length] += amplitude * gain * rng.normal(0.0, 1.0, length) * envelope
         at += rng.exponential(1.0 / per_s) + 0.12
     return out
+
+
+def fit_sine(y: npt.NDArray[np.floating] | npt.NDArray[np.integer], rate: int, freq: float,
+             start: int = 0) -> tuple[float, float, float]:
+    """Least-squares sine at ``freq`` (plus DC) on y[start:]: (amplitude, phase, residual rms).
+
+    Sample n is taken at time n / rate, so the phase carries a converter's delay. Shared by
+    the resampler's tests and its benchmark, which judge quality the same way.
+    """
+    seg = np.asarray(y[start:], dtype=np.float64)
+    t = (np.arange(seg.shape[0]) + start) / rate
+    basis = np.stack(
+        [np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t), np.ones_like(t)], axis=1
+    )
+    coef, *_ = np.linalg.lstsq(basis, seg, rcond=None)
+    residual = seg - basis @ coef
+    return (
+        float(math.hypot(coef[0], coef[1])),
+        float(math.atan2(coef[1], coef[0])),
+        float(np.sqrt(np.mean(residual**2))),
+    )

@@ -211,6 +211,14 @@ def snr_db(rx: npt.NDArray[np.float64], ref: npt.NDArray[np.float64]) -> float:
     return float(10 * np.log10(float(np.sum(ref**2)) / max(noise, 1e-9)))
 
 
+def snr_where(rx: npt.NDArray[np.float64], ref: npt.NDArray[np.float64]) -> tuple[float, int]:
+    """(SNR in dB, lag) of ``rx`` against ``ref`` over the frames where ``ref`` lies in it,
+    aligned to a 1/20 sample."""
+    lag, _frac, aligned = align(rx, ref)
+    window = slice(lag, min(len(rx), lag + len(ref)))
+    return snr_db(rx[window], aligned[window]), lag
+
+
 def feed(sink: PyAudioSink, item: str, signal: Int16Array, pace_s: float = 0.0) -> None:
     for i in range(0, signal.size, CHUNK):
         sink.play(item, 0, signal[i:i + CHUNK].tobytes())

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy import signal
-from signals import tone
+from signals import fit_sine, tone
 
 import edgevoice.audio.resample as resample_module
 from edgevoice.audio.resample import StreamingResampler, resample
@@ -43,27 +43,6 @@ SETTLE_S = 0.005  # > delay + half the filter: outputs after this see only stead
 
 def ids(ratio: tuple[int, int]) -> str:
     return f"{ratio[0]}->{ratio[1]}"
-
-
-def fit(
-    y: npt.NDArray[np.floating] | npt.NDArray[np.integer], rate: int, freq: float, start: int = 0
-) -> tuple[float, float, float]:
-    """Least-squares sine at ``freq`` (plus DC) on y[start:]: (amplitude, phase, residual rms).
-
-    Sample n is taken at time n / rate, so the phase carries the converter's delay.
-    """
-    seg = np.asarray(y[start:], dtype=np.float64)
-    t = (np.arange(seg.shape[0]) + start) / rate
-    basis = np.stack(
-        [np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t), np.ones_like(t)], axis=1
-    )
-    coef, *_ = np.linalg.lstsq(basis, seg, rcond=None)
-    residual = seg - basis @ coef
-    return (
-        float(math.hypot(coef[0], coef[1])),
-        float(math.atan2(coef[1], coef[0])),
-        float(np.sqrt(np.mean(residual**2))),
-    )
 
 
 def db(ratio: float) -> float:
@@ -225,8 +204,9 @@ def test_passband_is_flat_within_0_1_db(ratio: tuple[int, int]) -> None:
     gains = []
     for freq in [*freqs, edge]:
         x = tone(freq, 0.3, in_rate, 16000.0 / FULL_SCALE, PHASE)
-        a_in, _, _ = fit(x, in_rate, freq)
-        a_out, _, _ = fit(convert(x, in_rate, out_rate), out_rate, freq, round(SETTLE_S * out_rate))
+        a_in, _, _ = fit_sine(x, in_rate, freq)
+        a_out, _, _ = fit_sine(convert(x, in_rate, out_rate), out_rate, freq,
+                               round(SETTLE_S * out_rate))
         gains.append(db(a_out / a_in))
     assert max(abs(g) for g in gains) <= 0.1, dict(zip([*freqs, edge], gains, strict=True))
 
@@ -252,7 +232,7 @@ def test_images_and_aliases_of_passband_tones_are_85_db_down(ratio: tuple[int, i
     worst = -math.inf
     for freq in np.linspace(100.0, edge, 8):
         x = tone(float(freq), 0.1, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
-        amp, _, resid = fit(
+        amp, _, resid = fit_sine(
             convert(x, in_rate, out_rate), out_rate, float(freq), round(SETTLE_S * out_rate)
         )
         worst = max(worst, db(resid / (amp / math.sqrt(2))))
@@ -269,7 +249,7 @@ def test_images_of_the_whole_input_band_are_85_db_down(ratio: tuple[int, int]) -
     worst = -math.inf
     for freq in np.linspace(pass_edge(in_rate, out_rate), in_rate / 2 - 30, 6):
         x = tone(float(freq), 0.1, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
-        _, _, resid = fit(
+        _, _, resid = fit_sine(
             convert(x, in_rate, out_rate), out_rate, float(freq), round(SETTLE_S * out_rate)
         )
         # The tone itself may be attenuated here; measure images against the input level.
@@ -281,7 +261,8 @@ def test_images_of_the_whole_input_band_are_85_db_down(ratio: tuple[int, int]) -
 def test_thd_plus_noise_of_1khz_at_minus_1_dbfs(ratio: tuple[int, int]) -> None:
     in_rate, out_rate = ratio
     x = tone(1000.0, 0.2, in_rate, MINUS_1_DBFS / FULL_SCALE, PHASE)
-    amp, _, resid = fit(convert(x, in_rate, out_rate), out_rate, 1000.0, round(SETTLE_S * out_rate))
+    amp, _, resid = fit_sine(convert(x, in_rate, out_rate), out_rate, 1000.0,
+                             round(SETTLE_S * out_rate))
     assert db(resid / (amp / math.sqrt(2))) <= -85.0
 
 
@@ -295,8 +276,8 @@ def test_measured_delay_matches_delay_s_and_is_under_2_ms(ratio: tuple[int, int]
     delays: list[float] = []
     for freq in (100.0, 1000.0):
         x = tone(freq, 0.2, in_rate, 16000.0 / FULL_SCALE, PHASE)
-        _, phase_in, _ = fit(x, in_rate, freq)
-        _, phase_out, _ = fit(convert(x, in_rate, out_rate), out_rate, freq, start)
+        _, phase_in, _ = fit_sine(x, in_rate, freq)
+        _, phase_out, _ = fit_sine(convert(x, in_rate, out_rate), out_rate, freq, start)
         delay = ((phase_in - phase_out) / (2 * np.pi * freq)) % (1 / freq)
         if delays:  # unwrap the 1 ms ambiguity with the 100 Hz estimate
             delay += round((delays[0] - delay) * freq) / freq
