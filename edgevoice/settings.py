@@ -605,13 +605,19 @@ def _check_extras(s: Settings) -> None:
     if s.stream.gate != "always" and s.stream.vad == "micro":
         wanted.append(("stream.vad: micro", "vad"))
     for key, extra in wanted:
-        module, name, requirement = _EXTRAS[extra]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(
-                f"{key} needs the optional extra `{name}` ({requirement}), which is not "
-                f"installed: pip install 'edgevoice[{name}]' in the daemon's virtualenv "
-                "(see README, 'Optional extras')"
-            )
+        if importlib.util.find_spec(_EXTRAS[extra][0]) is None:
+            raise missing_extra(key, extra)
+
+
+def missing_extra(key: str, extra: str) -> ConfigError:
+    """The error for setting `key`, which needs the optional `extra` ("vad", "wakeword")
+    that is not installed: the settings check and a detector's own import say the same."""
+    _module, name, requirement = _EXTRAS[extra]
+    return ConfigError(
+        f"{key} needs the optional extra `{name}` ({requirement}), which is not "
+        f"installed: pip install 'edgevoice[{name}]' in the daemon's virtualenv "
+        "(see README, 'Optional extras')"
+    )
 
 
 def _check_url(url: str) -> None:

@@ -64,7 +64,7 @@ def test_memory_is_fixed() -> None:
 def test_snapshot_and_metrics_carry_it() -> None:
     stats = Stats()
     for ms in (0.4, 0.5, 0.6, 30.0):
-        stats.capture_to_wire_ms(ms)
+        stats.add_many({}, latency_ms=ms)
     snap = stats.snapshot()
     latency = snap["capture_to_wire_ms"]
     assert latency["count"] == 4

@@ -27,7 +27,6 @@ from edgevoice.daemon.capture_worker import CaptureConfig, CaptureWorker
 from edgevoice.daemon.cue_mask import CUE_MARGIN_S, CueMask
 from edgevoice.daemon.echo_gate import EchoGate
 from edgevoice.daemon.speech_gate import (
-    MIN_COMMIT_MS,
     QUESTION_WAIT_MS,
     WAKE_LAG_MS,
     WAKE_WORD_MS,
@@ -38,6 +37,7 @@ from edgevoice.daemon.speech_gate import (
 )
 from edgevoice.daemon.stats import Stats
 from edgevoice.daemon.uplink import UTTERANCE_GAP_S
+from edgevoice.realtime import protocol
 from edgevoice.settings import settings_from_mapping
 
 CHUNK_MS = 20
@@ -186,7 +186,7 @@ def test_an_utterance_under_100_ms_is_cleared_not_committed() -> None:
     gate = make_gate(vad, turn="none", preroll_ms=0, hangover_ms=40)
     out = feed(gate, range(30))
     assert sent_seqs(out) == [10, 11, 12]  # the speech chunk, then the 40 ms hangover
-    assert len(sent_seqs(out)) * CHUNK_MS < MIN_COMMIT_MS
+    assert len(sent_seqs(out)) * CHUNK_MS < protocol.MIN_COMMIT_MS
     assert events(out) == ["input_audio_buffer.clear"]
     assert gate.stats.commits == 0
 

@@ -32,7 +32,6 @@ _Table = TypeVar("_Table", Int16Array, UInt8Array)
 PCM_RATE = 24000  # audio/pcm: 24 kHz mono PCM16 little-endian
 G711_RATE = 8000  # audio/pcmu and audio/pcma: 8 kHz, one byte per sample
 WIRE_RATES: dict[str, int] = {"pcm": PCM_RATE, "pcmu": G711_RATE, "pcma": G711_RATE}
-BYTES_PER_SAMPLE: dict[str, int] = {"pcm": 2, "pcmu": 1, "pcma": 1}
 
 _ULAW_BIAS = 0x84
 _ULAW_CLIP = 8159  # the largest biased 14-bit magnitude before the bias is added
@@ -166,13 +165,13 @@ class WireEncoder:
     tail, which ``flush`` gives). PCM passes through without a copy.
     """
 
-    def __init__(self, fmt: str, in_rate: int = PCM_RATE) -> None:
+    def __init__(self, fmt: str) -> None:
         self.format = fmt
         self.rate = wire_rate(fmt)
-        self._resampler = StreamingResampler(in_rate, self.rate)
+        self._resampler = StreamingResampler(PCM_RATE, self.rate)
 
     def encode(self, pcm: bytes) -> bytes:
-        if self.format == "pcm" and self._resampler.in_rate == PCM_RATE:
+        if self.format == "pcm":
             return pcm
         view = memoryview(pcm)[: len(pcm) // 2 * 2]
         samples = np.frombuffer(view, dtype="<i2").astype(np.int16, copy=False)

@@ -184,7 +184,11 @@ def _quantise(bank: Float64Array) -> tuple[Float64Array, int]:
 
 
 def _to_int16(values: Float64Array) -> Int16Array:
-    return np.clip(np.rint(values), _INT16_MIN, _INT16_MAX).astype(np.int16)
+    """Round and clip in place (``values`` is a fresh product, nobody else's), then narrow."""
+    np.rint(values, out=values)
+    np.minimum(values, _CLIP_HIGH, out=values)
+    np.maximum(values, _CLIP_LOW, out=values)
+    return values.astype(np.int16)
 
 
 class StreamingResampler:
@@ -283,11 +287,7 @@ class StreamingResampler:
         x = _check_samples(samples)
         if self._identity:
             return np.array(x, dtype=np.int16, copy=True)
-        acc = self._convert(x)
-        np.rint(acc, out=acc)
-        np.minimum(acc, _CLIP_HIGH, out=acc)
-        np.maximum(acc, _CLIP_LOW, out=acc)
-        return acc.astype(np.int16)
+        return _to_int16(self._convert(x))
 
     def flush(self) -> Int16Array:
         """Emit the outputs still held back by the filter delay, then reset for a new stream."""

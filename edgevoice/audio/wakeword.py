@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.errors import ConfigError
+from edgevoice.settings import missing_extra
 
 __all__ = ["MODELS", "MicroWakeWordDetector", "load_wake_detector"]
 
@@ -122,15 +123,6 @@ class MicroWakeWordDetector:
         self._model.close()
 
 
-def _missing_extra() -> ConfigError:
-    # The same words as settings._check_extras, so both paths read alike.
-    return ConfigError(
-        "stream.gate: wakeword needs the optional extra `wakeword` (pymicro-wakeword>=2,<3), "
-        "which is not installed: pip install 'edgevoice[wakeword]' in the daemon's "
-        "virtualenv (see README, 'Optional extras')"
-    )
-
-
 def load_wake_detector(
     model: str, threshold: float | None, *, refractory_s: float = DEFAULT_REFRACTORY_S
 ) -> MicroWakeWordDetector:
@@ -142,7 +134,7 @@ def load_wake_detector(
     try:
         import pymicro_wakeword
     except ImportError:
-        raise _missing_extra() from None
+        raise missing_extra("stream.gate: wakeword", "wakeword") from None
     try:
         mww = pymicro_wakeword.MicroWakeWord.from_builtin(pymicro_wakeword.Model(model))
         features = pymicro_wakeword.MicroWakeWordFeatures()

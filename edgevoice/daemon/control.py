@@ -35,6 +35,7 @@ from typing import Any
 from edgevoice.clock import Clock
 from edgevoice.daemon.worker import Worker
 from edgevoice.health.logsetup import redact
+from edgevoice.health.status import systemd_directory
 from edgevoice.unix_socket import (
     bind_listener,
     peer_credentials,
@@ -80,10 +81,9 @@ def state_path(name: str, socket_path: Path | None,
                environ: Mapping[str, str] | None = None) -> Path | None:
     """Where a state file `name` is kept: `$STATE_DIRECTORY/<name>` (its first entry) when
     systemd set it, else `<socket>.<name>` beside the socket; None without either."""
-    env = os.environ if environ is None else environ
-    state = env.get("STATE_DIRECTORY", "").split(":")[0]
-    if state:
-        return Path(state) / name
+    state = systemd_directory("STATE_DIRECTORY", environ)
+    if state is not None:
+        return state / name
     if socket_path is not None:
         return socket_path.with_name(f"{socket_path.name}.{name}")
     return None

@@ -67,7 +67,6 @@ log = logging.getLogger("edgevoice.speech_gate")
 GateMode = Literal["always", "vad", "wakeword"]
 TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 
-MIN_COMMIT_MS = 100  # the server refuses a smaller commit (input_audio_buffer_commit_empty)
 WAKE_RING_MS = 2000  # audio kept while listening for the wake word
 WAKE_WORD_MS = 1200  # a wake word's length, when the detector heard no onset of it
 WAKE_TAIL_MS = 300  # speech this soon after a detection is the wake word's own tail
@@ -420,7 +419,7 @@ class SpeechGate:
         """Close the utterance; with turn_detection none, close the turn too."""
         events: list[QueuedItem] = []
         if self._turn == "none":
-            if self._heard and self._uncommitted_ms >= MIN_COMMIT_MS:
+            if self._heard and self._uncommitted_ms >= protocol.MIN_COMMIT_MS:
                 events.append(_event("input_audio_buffer.commit"))
                 self.stats.commits += 1
                 if self._conversation:

@@ -179,11 +179,6 @@ class Stats:
             key = code if code in KNOWN_ERROR_CODES else "other"
             self.server_error_codes[key] = self.server_error_codes.get(key, 0) + 1
 
-    def capture_to_wire_ms(self, ms: float) -> None:
-        """One chunk handed to the socket `ms` after its newest block was captured."""
-        with self._lock:
-            self.capture_to_wire.record(ms)
-
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self.counters, name, getattr(self.counters, name) + n)
@@ -192,12 +187,16 @@ class Stats:
         with self._lock:
             self._set(fields)
 
-    def add_many(self, counts: Mapping[str, int], /, **fields: Any) -> None:
-        """`add` each of `counts` and `set` `fields` under one lock (a per-chunk path's)."""
+    def add_many(self, counts: Mapping[str, int], /, *, latency_ms: float | None = None,
+                 **fields: Any) -> None:
+        """`add` each of `counts`, record a capture-to-wire `latency_ms` and `set` `fields`,
+        under one lock (a per-chunk path's)."""
         with self._lock:
             counters = self.counters
             for name, n in counts.items():
                 setattr(counters, name, getattr(counters, name) + n)
+            if latency_ms is not None:
+                self.capture_to_wire.record(latency_ms)
             self._set(fields)
 
     def _states(self) -> dict[str, Any]:

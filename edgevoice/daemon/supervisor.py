@@ -198,10 +198,6 @@ class Supervisor:
         self.stop_requested = True
         self._waker.wake()  # a thread's request (a signal's handler only sets a flag)
 
-    def wake(self) -> None:
-        """Tick now (any thread): something the loop acts on has happened."""
-        self._waker.wake()
-
     @property
     def settings(self) -> Settings:
         return self._settings

@@ -199,12 +199,13 @@ class Uplink(Worker):
 
     def _send_to_current(self, session: SessionLink, item: QueuedItem) -> None:
         wire_bytes = 0
+        latency_ms = 0.0
         try:
             if isinstance(item, AudioChunk):
                 wire_bytes = session.send_audio(item.pcm, item.rms_dbfs, item.captured_at)
                 # captured_at is the capture callback's time.monotonic() (never the clock
                 # seam): its last byte is in the socket now.
-                self._stats.capture_to_wire_ms((time.monotonic() - item.captured_at) * 1e3)
+                latency_ms = (time.monotonic() - item.captured_at) * 1e3
             else:
                 session.send_event(item.event)
         except ConnectionLost as exc:
@@ -220,7 +221,7 @@ class Uplink(Worker):
                       "wire_audio_bytes_sent": wire_bytes}  # as encoded (G.711: 1/6)
             if item.seq <= self._replay_until_seq:
                 counts["chunks_replayed"] = 1
-            self._stats.add_many(counts)  # one lock, not four
+            self._stats.add_many(counts, latency_ms=latency_ms)  # one lock, not five
             if self._on_audio_sent is not None:
                 self._on_audio_sent(len(item.pcm))
 

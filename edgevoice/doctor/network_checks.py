@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from edgevoice.audio import g711
 from edgevoice.doctor.verdicts import Check, failed, passed, skipped, warned
 from edgevoice.errors import (
     AuthError,
@@ -362,8 +363,8 @@ def _session_checks(settings: Settings, api_key: str) -> list[Check]:
         session.close(1000, "edgevoice check done")
     except EdgeVoiceError:
         session.abort()
-    fmt = protocol.audio_format(settings.session.input_format)
-    wire = " ".join(str(v) for v in fmt.values()) + (" Hz" if "rate" in fmt else " 8000 Hz")
+    fmt = settings.session.input_format
+    wire = f"{protocol.FORMAT_TYPES[fmt]} {g711.wire_rate(fmt)} Hz"
     done = passed("session", f"session.update accepted (session {session.session_id or '?'}): "
                   f"input {wire}, as edgevoice sends; closed, no audio sent")
     return [*checks, done]

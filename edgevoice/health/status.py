@@ -122,14 +122,22 @@ def status_line(snapshot: dict[str, Any], model: str, session_age_s: float | Non
 STATUS_FILE_NAME = "status.json"
 
 
+def systemd_directory(variable: str,
+                      environ: Mapping[str, str] | None = None) -> Path | None:
+    """The directory systemd gave in `variable` ($RUNTIME_DIRECTORY, $STATE_DIRECTORY; it
+    may list several: the first is ours), None when it is not set."""
+    env = os.environ if environ is None else environ
+    first = env.get(variable, "").split(":")[0]
+    return Path(first) if first else None
+
+
 def runtime_path(setting: str | None, name: str,
                  environ: Mapping[str, str] | None = None) -> Path | None:
     """Where an "auto" runtime file lives: $RUNTIME_DIRECTORY/<name> when systemd set the
-    variable (it may list several directories: the first is ours), none otherwise."""
+    variable, none otherwise."""
     if setting is None:
         return None
     if setting != "auto":
         return Path(setting)
-    env = os.environ if environ is None else environ
-    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return Path(runtime) / name if runtime else None
+    runtime = systemd_directory("RUNTIME_DIRECTORY", environ)
+    return runtime / name if runtime is not None else None

@@ -34,6 +34,8 @@ OUTPUT_RATE = 24000
 # What the counters of audio time count in (captured, sent): 24 kHz mono PCM16, whatever
 # session.input_format puts on the wire.
 PCM_BYTES_PER_S = INPUT_RATE * 2
+# The server refuses a smaller input_audio_buffer.commit (input_audio_buffer_commit_empty).
+MIN_COMMIT_MS = 100
 # session.input_format / output_format -> the GA format type (RealtimeAudioFormats).
 FORMAT_TYPES = {"pcm": "audio/pcm", "pcmu": "audio/pcmu", "pcma": "audio/pcma"}
 # Beta-era `input_audio_format` / `output_audio_format` names of the same formats.
@@ -232,8 +234,8 @@ def audio_append(audio: bytes) -> dict[str, Any]:
 class ServerEvent:
     type: str  # GA name, beta names normalised
     data: dict[str, Any]
-    # The session's output format (session.output_format), set by the session before
-    # dispatch: what an audio delta's bytes are.
+    # The session's output format (session.output_format), given by the session when it
+    # parses: what an audio delta's bytes are.
     audio_format: str = field(default="pcm", compare=False)
     # The decoded audio of a delta, once: every handler that wants it (the counters, the
     # speaker) shares one base64 decode per delta.
@@ -282,8 +284,9 @@ _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
-def parse_server_event(text: str | bytes) -> ServerEvent:
+def parse_server_event(text: str | bytes, audio_format: str = "pcm") -> ServerEvent:
     """One server event from the text of one frame; MalformedEvent for anything unusable.
+    ``audio_format``: the session's output format, what an audio delta's bytes are.
 
     The structure is bounded before json.loads builds it: at most MAX_JSON_DEPTH levels
     (json.loads recurses per level) and MAX_JSON_VALUES values (each costs tens of bytes of
@@ -312,7 +315,7 @@ def parse_server_event(text: str | bytes) -> ServerEvent:
                 "bad field",
                 f"{raw_type}: field {name!r} is {type(value).__name__}, expected "
                 f"{' or '.join(t.__name__ for t in types)}")
-    return ServerEvent(event_type, data)
+    return ServerEvent(event_type, data, audio_format)
 
 
 def _check_structure(text: str) -> None:

@@ -13,7 +13,6 @@ do about it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -359,10 +358,8 @@ class RealtimeSession:
             text = self._transport.recv_text()
             if text is None:
                 return None
-            event = protocol.parse_server_event(text)
-            if event.type == "response.output_audio.delta":
-                # What the delta's bytes are: every handler decodes by the session's format.
-                event = dataclasses.replace(event, audio_format=self.settings.output_format)
+            # Every handler decodes a delta by the session's format, which the event carries.
+            event = protocol.parse_server_event(text, self.settings.output_format)
             self.last_event_at = self._clock()
             self._dispatcher.dispatch(self, event)
             return event

@@ -7,11 +7,10 @@ may list several directories, the first is ours.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from edgevoice.health.status import runtime_path
+from edgevoice.health.status import runtime_path, systemd_directory
 
 JSONL_NAME = "transcripts.jsonl"
 SOCKET_NAME = "transcripts.sock"
@@ -22,11 +21,10 @@ def jsonl_path(setting: str | None, environ: Mapping[str, str] | None = None) ->
     otherwise; a relative path is under $STATE_DIRECTORY when set; null: none."""
     if setting is None:
         return None
-    env = os.environ if environ is None else environ
-    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    state = systemd_directory("STATE_DIRECTORY", environ)
     path = Path(JSONL_NAME if setting == "auto" else setting)
-    if state and not path.is_absolute():
-        return Path(state) / path
+    if state is not None and not path.is_absolute():
+        return state / path
     return path
 
 
