@@ -27,15 +27,15 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from edgevoice.clock import Clock
 from edgevoice.realtime.dispatch import EventDispatcher
 from edgevoice.realtime.protocol import ServerEvent
 from edgevoice.realtime.timeline import AudioTimeline
 from edgevoice.settings import SessionSettings
+from edgevoice.transcripts.bounded import BoundedDict
 from edgevoice.transcripts.record import Role, Transcript
 from edgevoice.transcripts.spans import DeliveredSpans
 
@@ -43,9 +43,6 @@ log = logging.getLogger("edgevoice.transcripts")
 
 KEEP_ITEMS = 256  # items whose speech or answer times are kept until their transcript
 END_EPSILON_MS = 0.001  # an end offset maps into the chunk before it, not the next one
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class TimedSession(Protocol):
@@ -58,17 +55,6 @@ class TimedSession(Protocol):
     def settings(self) -> SessionSettings: ...
 
 
-class _Bounded(OrderedDict[K, V]):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-
-    def __setitem__(self, key: K, value: V) -> None:
-        super().__setitem__(key, value)
-        while len(self) > self._size:
-            self.popitem(last=False)
-
-
 class TranscriptRouter:
     def __init__(self, *, realtime_model: Callable[[], str], clock: Clock = time.monotonic,
                  wall_clock: Clock = time.time) -> None:
@@ -78,10 +64,10 @@ class TranscriptRouter:
         # Where records go (Delivery.submit); None: nowhere, events are only tracked.
         self.output: Callable[[Transcript], Any] | None = None
         self._lock = threading.Lock()  # two sessions' readers during a rollover
-        self._speech: _Bounded[str, list[float | None]] = _Bounded(KEEP_ITEMS)
-        self._committed: _Bounded[str, tuple[float, float]] = _Bounded(KEEP_ITEMS)
+        self._speech: BoundedDict[str, list[float | None]] = BoundedDict(KEEP_ITEMS)
+        self._committed: BoundedDict[str, tuple[float, float]] = BoundedDict(KEEP_ITEMS)
         self._last_mark: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-        self._answers: _Bounded[str, list[float | None]] = _Bounded(KEEP_ITEMS)
+        self._answers: BoundedDict[str, list[float | None]] = BoundedDict(KEEP_ITEMS)
         self._delivered = DeliveredSpans()
         self.duplicates = 0  # user transcripts of audio delivered before (replays)
 

@@ -11,7 +11,9 @@ audio is mostly new.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
+
+from edgevoice.transcripts.bounded import BoundedDict
 
 KEEP_SPANS = 256  # utterances remembered (replays reach back at most the outage buffer)
 KEEP_IDS = 1024
@@ -22,8 +24,7 @@ class DeliveredSpans:
     def __init__(self, keep_spans: int = KEEP_SPANS, keep_ids: int = KEEP_IDS,
                  duplicate_share: float = DUPLICATE_SHARE) -> None:
         self._spans: deque[tuple[float, float]] = deque(maxlen=keep_spans)
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._keep_ids = keep_ids
+        self._ids: BoundedDict[str, None] = BoundedDict(keep_ids)
         self._share = duplicate_share
 
     def seen_item(self, item_id: str) -> bool:
@@ -49,7 +50,5 @@ class DeliveredSpans:
 
     def add(self, item_id: str, span: tuple[float, float] | None) -> None:
         self._ids[item_id] = None
-        while len(self._ids) > self._keep_ids:
-            self._ids.popitem(last=False)
         if span is not None:
             self._spans.append(span)
