@@ -237,6 +237,7 @@ class Daemon:
         captured = counters["audio_bytes_captured"] / BYTES_PER_S
         streamed = counters["audio_bytes_sent"] / BYTES_PER_S
         out: dict[str, Any] = {
+            "seconds_captured": round(captured, 2), "seconds_streamed": round(streamed, 2),
             "streamed_ratio": round(streamed / captured, 4) if captured else None,
             "session_seconds_captured": None, "session_seconds_streamed": None,
             "session_streamed_ratio": None,
@@ -553,8 +554,6 @@ class Daemon:
             last_server_event_age_s=(round(now - target.last_event_at, 1)
                                      if target is not None else None),
             uplink_queue_chunks=len(self._backlog),
-            seconds_captured=round(snap["counters"]["audio_bytes_captured"] / BYTES_PER_S, 2),
-            seconds_streamed=round(snap["counters"]["audio_bytes_sent"] / BYTES_PER_S, 2),
         )
         snap.update(self._bill(snap["counters"], target))
         gate = self._speech_gate
@@ -828,7 +827,7 @@ class Daemon:
     def summary(self, elapsed_s: float) -> str:
         snap = self.stats.snapshot()
         c = snap["counters"]
-        sent_s = c["audio_bytes_sent"] / 2 / protocol.INPUT_RATE
+        sent_s = c["audio_bytes_sent"] / BYTES_PER_S
         rows = [
             ("run time", f"{elapsed_s:.1f} s"),
             ("audio chunks captured", f"{c['chunks_captured']}"),
