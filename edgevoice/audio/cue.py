@@ -14,9 +14,11 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from edgevoice.audio.g711 import PCM_RATE
+
 __all__ = ["CUE_RATE", "wake_cue_pcm24k"]
 
-CUE_RATE = 24000
+CUE_RATE = PCM_RATE  # the wire's: the cue is played like an answer
 _TONES_HZ = (660.0, 880.0)
 _TONE_S = 0.070
 _GAP_S = 0.040

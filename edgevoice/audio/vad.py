@@ -41,10 +41,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edgevoice.audio.g711 import PCM_RATE
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.audio.sorted_window import SortedWindow
 
-RATE = 24000
 SUB_FRAME = 120  # 5 ms at 24 kHz: the unit a click is told from a vowel by
 BAND_HZ = (300.0, 3400.0)
 FLOOR_WINDOW_S = 5.0
@@ -75,7 +75,7 @@ class VoiceDetector(Protocol):
 
 
 def _band(n: int) -> npt.NDArray[np.bool_]:
-    freqs = np.fft.rfftfreq(n, 1.0 / RATE)
+    freqs = np.fft.rfftfreq(n, 1.0 / PCM_RATE)
     band: npt.NDArray[np.bool_] = (freqs >= BAND_HZ[0]) & (freqs <= BAND_HZ[1])
     return band
 
@@ -191,7 +191,7 @@ class MicroVad(_Onset):
             raise ValueError(f"chunk_ms must be positive, not {chunk_ms}")
         self._vad: Any = _Micro()
         self._threshold = threshold
-        self._resampler = StreamingResampler(RATE, MICRO_RATE)
+        self._resampler = StreamingResampler(PCM_RATE, MICRO_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
         self._confirm_chunks = max(1, math.ceil(MICRO_CONFIRM_MS / chunk_ms))
         # The model's latency (and the resampler's 2 ms) come on top of confirmation.

@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from edgevoice.audio.g711 import PCM_RATE
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.errors import ConfigError
 from edgevoice.settings import missing_extra
@@ -31,7 +32,6 @@ __all__ = ["MODELS", "MicroWakeWordDetector", "load_wake_detector"]
 
 log = logging.getLogger(__name__)
 
-WIRE_RATE: Final = 24000
 MODEL_RATE: Final = 16000
 FRAME_S: Final = 0.010  # one feature frame
 # The models shipped inside pymicro-wakeword 2.x (settings.StreamSettings.wake_word).
@@ -65,7 +65,7 @@ class MicroWakeWordDetector:
         # Feature frames per inference (3 for the shipped models); the model counts them
         # from its own reset, as `_frames` does.
         self._stride = max(1, int(getattr(model, "stride", 1)))
-        self._resampler = StreamingResampler(WIRE_RATE, MODEL_RATE)
+        self._resampler = StreamingResampler(PCM_RATE, MODEL_RATE)
         self.last_probability: float = 0.0  # averaged score of the last detection
         self.last_detection_s: float | None = None  # where it fired, in audio_s
         self.detections: int = 0

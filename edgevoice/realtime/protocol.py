@@ -29,8 +29,8 @@ from edgevoice.health.logsetup import redact
 from edgevoice.realtime.models import MULTI_LANGUAGE_TRANSCRIPTION
 from edgevoice.settings import ServerSettings, SessionSettings
 
-INPUT_RATE = 24000  # audio/pcm is 24 kHz mono s16le, and nothing else
-OUTPUT_RATE = 24000
+INPUT_RATE = g711.PCM_RATE  # audio/pcm is 24 kHz mono s16le, and nothing else
+OUTPUT_RATE = g711.PCM_RATE
 # What the counters of audio time count in (captured, sent): 24 kHz mono PCM16, whatever
 # session.input_format puts on the wire.
 PCM_BYTES_PER_S = INPUT_RATE * 2
