@@ -9,6 +9,7 @@ transcripts map the server's offsets back to capture time (and from that, wall t
 
 from __future__ import annotations
 
+import bisect
 import threading
 from array import array
 
@@ -88,14 +89,9 @@ class AudioTimeline:
             if not len(chunks):
                 return None
             starts = chunks.starts
-            # The last chunk starting at or before offset_ms (bisect over the ring's order).
-            lo, hi = 0, len(chunks)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if offset_ms < starts[chunks.index(mid)]:
-                    hi = mid
-                else:
-                    lo = mid + 1
+            # Past the last chunk starting at or before offset_ms, in the ring's order.
+            lo = bisect.bisect_right(range(len(chunks)), offset_ms,
+                                     key=lambda k: starts[chunks.index(k)])
             if lo == 0:
                 oldest = chunks.index(0)
                 return None if offset_ms < starts[oldest] - 1 else chunks.captured[oldest]
