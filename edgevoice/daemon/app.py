@@ -110,10 +110,10 @@ def speaker_busy(speaker: PlayingSpeaker, echo_tail_s: float, now: float) -> boo
     """Playing, or within the echo tail plus one idle batch (a block may be processed that
     much after it was captured, and the echo gate judges the tail when it processes it):
     the capture worker then takes each block at once."""
-    if speaker.playing:
-        return True
-    last = speaker.last_played_at
-    return last is not None and now < last + echo_tail_s + CAPTURE_IDLE_WAKE_S
+    from edgevoice.daemon.echo_gate import within_tail  # loaded with the speaker
+
+    return within_tail(speaker.playing, speaker.last_played_at,
+                       echo_tail_s + CAPTURE_IDLE_WAKE_S, now)
 
 
 def say_events(text: str) -> list[dict[str, Any]]:

@@ -94,6 +94,14 @@ class EchoGateStats:
     local_barge_ins: int = 0  # times the level detector fired (on_barge_in calls)
 
 
+def within_tail(playing: bool, last_played_at: float | None, tail_s: float,
+                now: float) -> bool:
+    """Playing, or less than `tail_s` after the last sample played: the speaker's sound may
+    still be in the room (the echo gate holds the microphone; the capture worker takes
+    each block at once)."""
+    return playing or (last_played_at is not None and now < last_played_at + tail_s)
+
+
 class EchoGate:
     def __init__(self, *, mode: EchoMode, tail_ms: int, barge_in_db: float | None,
                  preroll_ms: int, chunk_ms: int, playing: Callable[[], bool],
@@ -163,10 +171,7 @@ class EchoGate:
         return max(max(self._reference) + coupling, self.noise_floor_dbfs)
 
     def _holding(self, now: float, playing: bool) -> bool:
-        if playing:
-            return True
-        last = self._last_played_at()
-        return last is not None and now < last + self._tail_s
+        return within_tail(playing, self._last_played_at(), self._tail_s, now)
 
     def process(self, chunk: AudioChunk) -> list[AudioChunk]:
         """The chunks to queue now, in order (possibly none)."""
