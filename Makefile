@@ -43,11 +43,11 @@ bench: venv
 			--soxr-path "$$($(PY) -c 'import os, soxr; print(os.path.dirname(os.path.dirname(soxr.__file__)))' 2>/dev/null)"; \
 	else echo "python3-numpy not installed: no resampler table with Debian's numpy"; fi
 	$(PY) benchmarks/bench_pipeline.py
-	$(PY) benchmarks/bench_downlink.py
-	$(PY) benchmarks/bench_bargein.py
+	$(PY) benchmarks/bench_downlink.py --json benchmarks/results/downlink.json
+	$(PY) benchmarks/bench_bargein.py --json benchmarks/results/bargein.json
 	$(PY) benchmarks/bench_daemon.py --json benchmarks/results/daemon.json
 	$(PY) benchmarks/bench_floor.py
-	$(PY) benchmarks/bench_wakeword.py
+	$(PY) benchmarks/bench_wakeword.py --json benchmarks/results/wakeword.json
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \

@@ -60,6 +60,9 @@ CONVERSIONS: tuple[tuple[int, int], ...] = (
     (24000, 44100),
     (24000, 8000),
 )
+# The speaker's conversions: PyAudioSink runs them in float32 (``single``), so they are
+# measured as it runs them; the capture side is exact float64.
+SPEAKER_CONVERSIONS = ((24000, 48000), (24000, 44100))
 # Issue 12's targets apply to the capture conversions a Pi sees most.
 TARGET_CONVERSIONS = ((48000, 24000), (44100, 24000))
 CHUNK_MS = (20, 2)
@@ -148,7 +151,8 @@ def load_soxr(extra_dir: str | None) -> ModuleType | None:
 
 def make_converter(name: str, in_rate: int, out_rate: int, soxr: ModuleType | None) -> Convert:
     if name == "edgevoice":
-        return StreamingResampler(in_rate, out_rate).process
+        single = (in_rate, out_rate) in SPEAKER_CONVERSIONS
+        return StreamingResampler(in_rate, out_rate, single=single).process
     if name == "linear":
         return LinearResampler(in_rate, out_rate).process
     assert soxr is not None
@@ -486,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({machine['blas']}), soxr {machine['soxr'] or 'missing'}; {rounds} rounds of "
         f"{SECONDS:g} s per conversion in {' and '.join(map(str, CHUNK_MS))} ms chunks"
     )
+    print("note: edgevoice's " + ", ".join(f"{i}->{o}" for i, o in SPEAKER_CONVERSIONS)
+          + " rows are the speaker's float32 filter (PyAudioSink), the rest exact float64")
     if soxr is None:
         note = "soxr HQ not importable (pip install soxr, or `make bench`): its columns "
         note += f"come from {args.soxr_reference}" if reference else "are empty"

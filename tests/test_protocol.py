@@ -175,6 +175,126 @@ def test_structure_limits_ignore_what_is_inside_strings() -> None:
     protocol.parse_server_event('{"type": "input_audio_buffer.speech_started"}')
 
 
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("before", [
+    '{"type": "x", ',  # the key where a key goes
+    '{"type": "x", "a": ',  # where a value goes
+    '{"type": "x", "a": "',  # inside a value string: the key's quote closes it
+    '{"type": "x", "k\\',  # inside a key string: the key's quote is escaped
+    '{"type": "x", "k\\\\',  # an escaped backslash: the key's quote closes the string
+    '["',
+])
+@pytest.mark.parametrize("key", ['"delta":"', '"delta": "', '"delta":  "', '"delta":'])
+@pytest.mark.parametrize("deep", [
+    "[" * 70 + "]" * 70,
+    'x", "b": ' + "[" * 70 + "]" * 70 + ', "c": "y',  # deep between two strings
+    "a" + "[" * 70 + '"],"b":' + "[" * 70 + "]" * 70,
+    "x" + "[" * 70 + "]" * 70 + '"' + "[" * 70 + "]" * 70,
+])
+@pytest.mark.parametrize("after", ["}", '"}', "]}", '"]}]'])
+def test_skipping_the_delta_string_hides_no_structure(before: str, key: str, deep: str,
+                                                      after: str) -> None:
+    """The bracket count leaves out the first "delta" string; wherever that key sits
+    (outside a string, inside one, after escapes), the verdict is json.loads' own: what it
+    parses within the depth limit is accepted, anything else refused."""
+    text = before + key + deep + after
+    try:
+        depth: int | None = _depth(json.loads(text))
+    except ValueError:
+        depth = None
+    if depth is not None and depth <= protocol.MAX_JSON_DEPTH \
+            and isinstance(json.loads(text), dict) and "type" in json.loads(text):
+        assert protocol.parse_server_event(text).data == json.loads(text)
+    else:
+        with pytest.raises(protocol.MalformedEvent):
+            protocol.parse_server_event(text)
+
+
+def _audio_delta(pcm: bytes, compact: bool = True, **extra: object) -> str:
+    event = {"type": "response.output_audio.delta", "event_id": "event_1",
+             "response_id": "resp_1", "item_id": "item_1", "output_index": 0,
+             "content_index": 0, "delta": base64.b64encode(pcm).decode("ascii"), **extra}
+    return json.dumps(event, separators=(",", ":") if compact else None)
+
+
+def _spliced_texts() -> list[str]:
+    """Audio deltas as the service sends them, and every way their text could make the
+    parse that cuts the base64 out (`_loads`) differ from json.loads."""
+    pcm = bytes(range(256)) * 19  # 4864 bytes, 6488 base64 characters
+    b64 = base64.b64encode(pcm).decode("ascii")
+    plain = _audio_delta(pcm)
+    cut = plain.index(b64)
+    head, tail = plain[:cut], plain[cut + len(b64):]
+    return [
+        plain,
+        _audio_delta(pcm, compact=False),
+        _audio_delta(pcm + b"x"),  # padding
+        _audio_delta(pcm[:1500]),  # shorter than the splice threshold... in characters
+        _audio_delta(pcm, item_id="a\\b"),  # a backslash elsewhere
+        _audio_delta(pcm, item_id='say "delta"'),  # the key's word twice
+        head + b64 + tail[:-1] + ',"delta":""}',  # a duplicate key: the last one counts
+        head + b64 + tail[:-1] + ',"x":{"delta":"QQ=="}}',
+        '{"type":"response.output_audio.delta","x":{"delta":"' + b64 + '"},"delta":""}',
+        '{"type":"response.output_audio.delta","x":{"delta":"' + b64 + '"}}',
+        '{"type":"response.output_audio.delta","x":{"delta":"' + b64 + '"},"\\u0064elta":""}',
+        head + b64[:100] + "\n" + b64[100:] + tail,  # a JSON escape inside the base64
+        head + b64[:100] + "\x01" + b64[100:] + tail,  # a raw control character
+        head + b64[:100] + "@" + b64[100:] + tail,  # not base64, valid JSON
+        head + b64[:100] + "==" + b64[100:] + tail,  # padding in the middle
+        head + b64[:100] + "\u00e9" + b64[100:] + tail,
+        head + b64[:101] + tail,  # bad length
+        head + b64 + tail + "garbage",
+        head + b64 + tail + " ",
+        head + b64,  # unterminated
+        head + b64 + '"',
+        head + b64 + '", "a": ' + "[" * 70 + "]" * 70 + "}",  # too deep after the base64
+        head.replace('"delta":"', '"delta":\t"') + b64 + tail,
+        head.replace('"delta":"', '"delta" :"') + b64 + tail,
+        '["' + b64 + '"]',
+        '{"delta":"' + b64 + '"}',
+    ]
+
+
+@pytest.mark.parametrize("text", _spliced_texts())
+def test_an_audio_delta_parses_and_decodes_as_json_loads_and_b64decode_say(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(protocol.MalformedEvent):
+            protocol.parse_server_event(text)
+        return
+    if not isinstance(expected, dict) or "type" not in expected \
+            or text.count("[") > protocol.MAX_JSON_DEPTH:
+        with pytest.raises(protocol.MalformedEvent):
+            protocol.parse_server_event(text)
+        return
+    event = protocol.parse_server_event(text)
+    assert event.data == expected
+    try:
+        pcm = base64.b64decode(expected.get("delta", ""), validate=True)
+    except ValueError:
+        with pytest.raises(protocol.MalformedEvent, match="not base64"):
+            protocol.decode_audio_delta(event)
+        return
+    assert protocol.decode_audio_delta(event) == pcm[:len(pcm) // 2 * 2]
+
+
+def test_an_audio_delta_as_sent_skips_the_base64_in_json_loads() -> None:
+    """The fast path is taken for what the service sends (compact JSON, or with spaces)."""
+    pcm = bytes(range(256)) * 19
+    for text in (_audio_delta(pcm), _audio_delta(pcm, compact=False)):
+        event = protocol.parse_server_event(text)
+        assert event._payload == pcm
+        assert protocol.decode_audio_delta(event) == pcm
+
+
 def test_bad_base64_is_a_malformed_event() -> None:
     event = protocol.parse_server_event('{"type": "response.output_audio.delta", "delta": "@@"}')
     with pytest.raises(protocol.MalformedEvent) as info:
@@ -186,6 +306,7 @@ def test_bad_base64_is_a_malformed_event() -> None:
     "[" * (32 << 20),  # 32 MiB of nesting
     "[]," * (11 << 20),  # 32 MiB of values (json.loads would build 400 MB of lists)
     '{"type": "x", "s": "' + "[" * (32 << 20) + '"}',  # brackets in a string: legitimate
+    '{"type": "x", "delta":' + " " * (32 << 20) + '"a"}',  # the delta string found fast
 ])
 def test_32_mib_of_hostile_json_is_rejected_or_parsed_quickly(hostile: str) -> None:
     started = time.monotonic()

@@ -45,6 +45,9 @@ class _Signals:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgevoice.malloc_arenas import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before numpy (OpenBLAS) or the daemon starts any thread
     from edgevoice.compose import build_parts
     from edgevoice.daemon.app import Daemon
 

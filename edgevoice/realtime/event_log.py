@@ -96,8 +96,10 @@ class EventLog:
                  extra=fields(EVENT=event.type, SESSION=session.session_id))
 
     def _framing(self, session: RealtimeSession, event: ServerEvent) -> None:
-        log.log(logging.INFO if self.log_all_events else logging.DEBUG, "%s", event.type,
-                extra=fields(EVENT=event.type, SESSION=session.session_id))
+        level = logging.INFO if self.log_all_events else logging.DEBUG
+        if log.isEnabledFor(level):  # every audio delta comes here: no fields built for nothing
+            log.log(level, "%s", event.type,
+                    extra=fields(EVENT=event.type, SESSION=session.session_id))
 
     def _unhandled(self, session: RealtimeSession, event: ServerEvent) -> None:
         log.log(logging.INFO if self.log_all_events else logging.DEBUG,

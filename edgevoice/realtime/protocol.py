@@ -7,6 +7,7 @@ The GA shape is what we send; beta-era event names from old proxies are accepted
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import json
 import re
@@ -240,6 +241,8 @@ class ServerEvent:
     # The decoded audio of a delta, once: every handler that wants it (the counters, the
     # speaker) shares one base64 decode per delta.
     _audio: bytes | None = field(default=None, compare=False, repr=False)
+    # The base64 decode of data["delta"], when the parser already made it (`_loads`).
+    _payload: bytes | None = field(default=None, compare=False, repr=False)
 
     def get_str(self, key: str) -> str:
         value = self.data.get(key)
@@ -295,9 +298,10 @@ def parse_server_event(text: str | bytes, audio_format: str = "pcm") -> ServerEv
     if isinstance(text, bytes):
         raise MalformedEvent("binary frame", f"server sent a binary frame ({len(text)} bytes); "
                                              "expected JSON text")
-    _check_structure(text)
+    skip_from, skip_to = _delta_string(text)
+    _check_structure(text, skip_from, skip_to)
     try:
-        data = json.loads(text)
+        data, payload = _loads(text, skip_from, skip_to)
     except RecursionError:
         raise MalformedEvent("too deep", f"server sent JSON nested too deeply "
                                          f"({len(text)} chars)") from None
@@ -315,18 +319,51 @@ def parse_server_event(text: str | bytes, audio_format: str = "pcm") -> ServerEv
                 "bad field",
                 f"{raw_type}: field {name!r} is {type(value).__name__}, expected "
                 f"{' or '.join(t.__name__ for t in types)}")
-    return ServerEvent(event_type, data, audio_format)
+    return ServerEvent(event_type, data, audio_format, _payload=payload)
 
 
-def _check_structure(text: str) -> None:
+# A "delta" string this long is an audio delta's base64 (transcript deltas are a few words).
+_SPLICE_MIN_CHARS = 1024
+
+
+def _loads(text: str, skip_from: int, skip_to: int) -> tuple[Any, bytes | None]:
+    """json.loads(text), and the base64 decode of a long "delta" string if it made one.
+
+    An audio delta is nearly all base64, which json.loads would scan for escapes and copy
+    (half its time). When the text holds no backslash at all and ``"delta"`` only once (so
+    that key is literal and unique), a valid base64 string there is plain JSON string
+    content: the rest is parsed with the string emptied and the string put back. The
+    result is json.loads' own, and an error is json.loads' own too (the whole text is
+    parsed again for it); anything else goes to json.loads whole.
+    """
+    if skip_to - skip_from >= _SPLICE_MIN_CHARS and text.find("\\") < 0 \
+            and text.count(_DELTA_WORD, 0, skip_from) + text.count(_DELTA_WORD, skip_to) == 1:
+        body = text[skip_from:skip_to]
+        try:
+            payload = binascii.a2b_base64(body, strict_mode=True)
+            data = json.loads(text[:skip_from] + text[skip_to:])
+        except ValueError:  # not base64 (json.loads decides what it is), or not JSON
+            return json.loads(text), None
+        if isinstance(data, dict) and data.get("delta") == "":
+            data["delta"] = body
+            return data, payload
+    return json.loads(text), None
+
+
+def _check_structure(text: str, skip_from: int, skip_to: int) -> None:
     """MalformedEvent if `text` nests deeper than MAX_JSON_DEPTH or holds too many values.
 
     Counting the brackets and commas of the whole text over-counts (strings may hold them),
     so only when that count is over a limit are the strings cut out and the count redone;
     the depth is walked only when there are more opening brackets than the depth limit.
+    The first count leaves out the ``delta`` string (`_delta_string`, from skip_from to
+    skip_to): an audio delta's base64 is nearly all of its text, and counting it took a
+    third of the parse. (A text that is not JSON anyway may then be refused by json.loads,
+    as "not JSON", instead of here as "too deep".)
     """
-    opens = text.count("[") + text.count("{")
-    values = opens + text.count(",")
+    opens = _count_outside(text, "[", skip_from, skip_to) \
+        + _count_outside(text, "{", skip_from, skip_to)
+    values = opens + _count_outside(text, ",", skip_from, skip_to)
     if opens <= MAX_JSON_DEPTH and values <= MAX_JSON_VALUES:
         return
     bare = _JSON_STRING.sub("", text)
@@ -347,6 +384,35 @@ def _check_structure(text: str) -> None:
                                                  f"({len(text)} chars)")
         else:
             depth -= 1
+
+
+_DELTA_WORD = '"delta"'
+_DELTA_KEY = _DELTA_WORD + ":"
+_SPACES_QUOTE = re.compile(' *"')
+
+
+def _delta_string(text: str) -> tuple[int, int]:
+    """Where the characters of the first ``"delta":`` value string lie, or (0, 0).
+
+    Skipping them when counting structure cannot hide any: if the parser is outside a
+    string at the key, the quote after ``:`` opens the value string; if inside, the key's
+    opening quote either closes that string (``delta`` is then a bare word, an error before
+    the skipped part) or is escaped (its closing quote then ends the string and the quote
+    after ``:`` opens the next one). Up to the next ``"`` the parser is inside a string, or
+    has failed before it. Only spaces are allowed after the colon; anything else is counted.
+    """
+    key = text.find(_DELTA_KEY)
+    if key < 0:
+        return 0, 0
+    opening = _SPACES_QUOTE.match(text, key + len(_DELTA_KEY))  # in C: 16 MiB of spaces
+    if opening is None:
+        return 0, 0
+    end = text.find('"', opening.end())
+    return opening.end(), end if end >= 0 else len(text)
+
+
+def _count_outside(text: str, char: str, skip_from: int, skip_to: int) -> int:
+    return text.count(char, 0, skip_from) + text.count(char, skip_to)
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -375,13 +441,22 @@ def delta_pcm24k_bytes(event: ServerEvent) -> int:
 
 
 def _decode_delta(event: ServerEvent) -> bytes:
-    try:
-        data = base64.b64decode(event.get_str("delta"), validate=True)
-    except ValueError as exc:
-        raise MalformedEvent("bad base64", f"{event.type}: delta is not base64: {exc}") from None
+    data = event._payload
+    if data is None:
+        data = _decode_base64(event)
     if event.audio_format != "pcm":
         return g711.decode(event.audio_format, data).astype("<i2", copy=False).tobytes()
     return data[:-1] if len(data) % 2 else data  # whole samples; no copy in the usual case
+
+
+def _decode_base64(event: ServerEvent) -> bytes:
+    try:
+        # strict_mode (Python 3.11) is b64decode(validate=True) without its regex pass and
+        # its copy of the text to bytes.
+        data = binascii.a2b_base64(event.get_str("delta"), strict_mode=True)
+    except ValueError as exc:  # binascii.Error
+        raise MalformedEvent("bad base64", f"{event.type}: delta is not base64: {exc}") from None
+    return data
 
 
 @dataclass(frozen=True)
