@@ -165,41 +165,40 @@ def _writer(frames: list[bytes], gap_s: float = 0.0) -> Callable[[HostileConn], 
         conn.sock.settimeout(READ_TIMEOUT_S)  # sendall's timeout bounds the whole write
         if not gap_s:
             conn.send_raw(b"".join(frames))
-        for frame in frames if gap_s else ():
-            conn.send_raw(frame)
-            if b'"type":"response.output_audio.delta"' in frame[:64]:
-                time.sleep(gap_s)
+        else:
+            for frame in frames:
+                conn.send_raw(frame)
+                if b'"type":"response.output_audio.delta"' in frame[:64]:
+                    time.sleep(gap_s)
         conn.idle()
 
     return script
 
 
 def run(stage: str, rate: int, channels: int, seconds: float, *,
-        daemon_set: bool, repeats: int = 1) -> tuple[float, float, int]:
+        daemon_set: bool) -> tuple[float, float, int]:
     """(µs of CPU per delta, ms of CPU per second of audio, deltas) for one configuration,
-    the median of ``repeats`` runs.
+    one run of `seconds` of answers.
 
     stage: "receive" (``WebSocketTransport.recv_text`` only), "parse" (and
     parse_server_event, which decodes the base64), "dispatch" (``RealtimeSession._receive``:
     and every handler, with a speaker that discards the PCM), "play" (the sink's play path:
-    the target), "drain"
-    (and the callback's 20 ms pulls, the device's thread: not in the target), "paced"
-    (as "play", with one delta per PACED_GAP_S: not in the target, see PACED_GAP_S).
+    the target), "drain" (and the callback's 20 ms pulls, the device's thread: not in the
+    target), "paced" (as "play", with one delta per PACED_GAP_S: not in the target).
     """
-    answers = max(1, round(seconds / ANSWER_S))
     warm = answer_frames(1.0, 999)  # warms imports, caches, the resampler tables
-    rounds = [[answer_frames(ANSWER_S, n + 1000 * (r + 1)) for n in range(answers)]
-              for r in range(repeats)]  # fresh item and response ids every run
-    deltas = sum(f.count('"type":"response.output_audio.delta"') for f in rounds[0][0])
-    deltas *= answers
+    answers = [answer_frames(ANSWER_S, 1000 + n)  # fresh item and response ids
+               for n in range(max(1, round(seconds / ANSWER_S)))]
+    deltas = sum(text.count('"type":"response.output_audio.delta"')
+                 for answer in answers for text in answer)
     audio_s = deltas * DELTA_MS / 1000
     frames = [HostileConn.frame(TEXT, text.encode())
-              for answer in (warm, *(a for r in rounds for a in r)) for text in answer]
+              for answer in (warm, *answers) for text in answer]
     # No PortAudio stream, only its buffer and resamplers. Without the callback's
     # pulls ("play") nothing drains, so the buffer holds a whole answer (nothing dropped)
     # until it is flushed between answers, untimed, standing for the device's pulls that
-    # free played chunks in the daemon. A loop of sink.play alone keeping a minute of
-    # audio cost 13 µs more per delta at 48 kHz and 26 µs at 44.1 kHz (the heap growing).
+    # free played chunks in the daemon. Answers of 30 and 60 s (the buffer holding all of
+    # each, as when the service streams far ahead) cost the same per delta.
     sink = PyAudioSink(rate=rate, buffer_s=5.0 if stage == "drain" else 2 * ANSWER_S)
     sink._stream = object()  # "open" without PortAudio: a closed sink drops what it is given
     speaker: Any = sink if stage in ("play", "paced", "drain") else NullSpeaker()
@@ -209,7 +208,7 @@ def run(stage: str, rate: int, channels: int, seconds: float, *,
     pulls_per_delta = DELTA_MS // BLOCK_MS
     callback = sink._make_callback(sink._buffer, channels)  # the one PortAudio would call
     drain = stage == "drain"
-    runs: list[float] = []
+    cpu_ns = 0
     with HostileServer(_writer(frames, PACED_GAP_S if stage == "paced" else 0.0)) as server:
         transport = WebSocketTransport(server.url, {}, connect_timeout_s=5.0,
                                        socket_timeout_s=1.0, ping_interval_s=3600.0,
@@ -249,32 +248,29 @@ def run(stage: str, rate: int, channels: int, seconds: float, *,
         try:
             one_answer(len(warm))
             sink.flush()  # the warm-up's audio is not the first run's
-            for answers_of_run in rounds:
-                played_before = sink.stats.frames_played
-                cpu_ns = 0
-                for answer in answers_of_run:
-                    start = time.thread_time_ns()
-                    one_answer(len(answer))
-                    cpu_ns += time.thread_time_ns() - start
-                    if stage in ("play", "paced"):  # the answer's audio went into the buffer
-                        queued = sink._buffer.queued_frames / rate
-                        if abs(queued - ANSWER_S) > 0.05:
-                            raise RuntimeError(f"the sink queued {queued:.2f} s, "
-                                               f"expected {ANSWER_S:.2f}")
-                    if not drain:
-                        # Untimed, as the device's pulls are: the answer has played, its
-                        # chunks go back to the allocator for the next answer's.
-                        sink.flush()
-                runs.append(cpu_ns / 1e9)
-                played = (sink.stats.frames_played - played_before) / rate
-                if drain and abs(played - audio_s) > 0.05:
-                    raise RuntimeError(f"the sink played {played:.2f} s, "
-                                       f"expected {audio_s:.2f}")
+            played_before = sink.stats.frames_played
+            for answer in answers:
+                start = time.thread_time_ns()
+                one_answer(len(answer))
+                cpu_ns += time.thread_time_ns() - start
+                if stage in ("play", "paced"):  # the answer's audio went into the buffer
+                    queued = sink._buffer.queued_frames / rate
+                    if abs(queued - ANSWER_S) > 0.05:
+                        raise RuntimeError(f"the sink queued {queued:.2f} s, "
+                                           f"expected {ANSWER_S:.2f}")
+                if not drain:
+                    # Untimed, as the device's pulls are: the answer has played, its
+                    # chunks go back to the allocator for the next answer's.
+                    sink.flush()
+            played = (sink.stats.frames_played - played_before) / rate
+            if drain and abs(played - audio_s) > 0.05:
+                raise RuntimeError(f"the sink played {played:.2f} s, "
+                                   f"expected {audio_s:.2f}")
         finally:
             transport.abort()
     if malformed:
         raise RuntimeError(f"malformed frames: {malformed}")
-    cpu_s = statistics.median(runs)
+    cpu_s = cpu_ns / 1e9
     return cpu_s / deltas * 1e6, cpu_s / audio_s * 1e3, deltas
 
 
@@ -318,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon_set, stage, rate, channels = key
             samples[key].append(run(stage, rate or 48000, channels, args.seconds,
                                     daemon_set=daemon_set))
-    paced_row = (True, "paced", 48000, 1)  # one run: 5 s of wall time, a 4x effect
+    paced_row = (True, "paced", 48000, 1)  # one run: 5 s of wall time, a 5x effect
     plan.append(paced_row)
     samples[paced_row] = [run("paced", 48000, 1, PACED_S, daemon_set=True)]
     for key in plan:

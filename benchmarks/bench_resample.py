@@ -516,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"machine": machine, "rounds": rounds, "conversions": {}}
     for conv in CONVERSIONS:
         key = f"{conv[0]}->{conv[1]}"
-        entry: dict[str, Any] = {"contenders": {}}
+        # edgevoice's row of a speaker conversion is the float32 filter PyAudioSink runs
+        entry: dict[str, Any] = {"contenders": {},
+                                 "edgevoice_float32": conv in SPEAKER_CONVERSIONS}
         ref = reference.get(key)
         for name in names:
             t, q = timing[conv][name], quality[conv][name]
@@ -558,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             mark = "n/a" if met is None else ("met" if met else "MISSED")
             suffix = f" ({source})" if label.startswith("CPU") and ratio is not None else ""
             print(f"  {key:>12}  {label:<34} {measured:>22}  {mark}{suffix}")
-            verdicts[key].append({"target": label, "measured": measured, "met": met})
+            verdicts[key].append({"target": label, "measured": measured,
+                                  "met": None if met is None else bool(met)})
     doc["targets"] = verdicts
     doc["run_s"] = round(time.monotonic() - began, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -116,8 +116,8 @@ def test_any_chunking_is_sample_identical_to_one_shot(ratio: tuple[int, int]) ->
         assert stream(conv, x, sizes) == expected, f"chunking #{seed} differs"
 
 
-@pytest.mark.parametrize("ratio", [*PLAYBACK, (8000, 48000), (8000, 44100), (47999, 24000),
-                                   (48000, 24000)], ids=ids)
+@pytest.mark.parametrize("ratio", [*PLAYBACK, (8000, 48000), (8000, 44100), (48000, 24000)],
+                         ids=ids)
 def test_single_precision_is_within_one_lsb_of_exact_in_any_chunking(
         ratio: tuple[int, int]) -> None:
     """The speaker's float32 filter is not exact, but no sample strays further than one

@@ -9,9 +9,9 @@ and returns it. It never waits for anything but that lock.
 ``play()`` runs on the session's reader thread: it resamples the delta (24 kHz PCM, or
 8 kHz decoded G.711) to the device rate with one ``StreamingResampler`` per item
 (``end_of_item`` flushes the filter's tail) outside the lock, then queues it. The
-resamplers work in float32 (``single``): 34-41 % less resampling time than the exact
-float64 of the capture side (about a tenth of the downlink's CPU); no sample differs from
-it by more than one LSB. It never
+resamplers work in float32 (``single``): with OpenBLAS and upsampling groups of 32, 36-40 %
+less resampling time than the exact float64 of the capture side (about a tenth of the
+downlink's CPU); no sample differs from it by more than one LSB. It never
 blocks: when ``buffer_s`` of device audio is queued the oldest frames are dropped and
 counted (``stats.dropped_frames``). A flushed (reset) resampler is a new one but for its
 tables, so it is kept for the next item: building one costs 0.2 ms at 48 kHz and 1.3 ms

@@ -451,8 +451,7 @@ def _decode_delta(event: ServerEvent) -> bytes:
 
 def _decode_base64(event: ServerEvent) -> bytes:
     try:
-        # strict_mode (Python 3.11) is b64decode(validate=True) without its regex pass and
-        # its copy of the text to bytes.
+        # What b64decode(validate=True) calls on 3.11, without its copy of the text to bytes.
         data = binascii.a2b_base64(event.get_str("delta"), strict_mode=True)
     except ValueError as exc:  # binascii.Error
         raise MalformedEvent("bad base64", f"{event.type}: delta is not base64: {exc}") from None
