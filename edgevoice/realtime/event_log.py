@@ -96,15 +96,18 @@ class EventLog:
                  extra=fields(EVENT=event.type, SESSION=session.session_id))
 
     def _framing(self, session: RealtimeSession, event: ServerEvent) -> None:
-        level = logging.INFO if self.log_all_events else logging.DEBUG
-        if log.isEnabledFor(level):  # every audio delta comes here: no fields built for nothing
-            log.log(level, "%s", event.type,
-                    extra=fields(EVENT=event.type, SESSION=session.session_id))
+        self._quiet(session, event, "%s")
 
     def _unhandled(self, session: RealtimeSession, event: ServerEvent) -> None:
-        log.log(logging.INFO if self.log_all_events else logging.DEBUG,
-                "unhandled server event %s", event.type,
-                extra=fields(EVENT=event.type, SESSION=session.session_id))
+        self._quiet(session, event, "unhandled server event %s")
+
+    def _quiet(self, session: RealtimeSession, event: ServerEvent, message: str) -> None:
+        """Debug level unless log_all_events. Every audio delta comes here: the line's
+        fields are built only when the level is on."""
+        level = logging.INFO if self.log_all_events else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, message, event.type,
+                    extra=fields(EVENT=event.type, SESSION=session.session_id))
 
 
 def _seconds(event: ServerEvent, key: str) -> float:
