@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
+from typing import Any
 
 from edgevoice import __version__
 from edgevoice.commands import check, ctl, devices, status
@@ -53,7 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     `command`: the one about to run. Another command than the devserver skips the
     devserver's options: defining them imports `edgevoice.devserver.main` (asyncio and the
     server's modules, about 2 MB and 25 ms at every start of the daemon)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgevoice",
         description="Stream a microphone into a Realtime speech session, reliably.",
     )
@@ -71,6 +73,40 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         add_arguments(devserver)
     devserver.set_defaults(func=_cmd_devserver)
     return parser
+
+
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size finds it: $COLUMNS, else stdout's
+    terminal, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own help layout, told the width. Without one it imports shutil to ask
+    for it, at every add_argument (shutil brings zlib, bz2 and lzma: 0.45 MB resident for
+    the daemon's whole life, which builds this parser at each start)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _columns() - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands' parsers (of the same class) share _Formatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
 
 def _cmd_devserver(args: argparse.Namespace) -> int:

@@ -337,6 +337,7 @@ class _Session:
     def __init__(self) -> None:
         self.session_id = "sess_unit"
         self.failed = threading.Event()
+        self.last_event_at = 0.0  # the replay record's bound (never a failure here)
         self.sent: list[bytes] = []
 
     def send_audio(self, pcm: bytes, rms_dbfs: float, captured_at: float | None = None) -> int:

@@ -103,3 +103,33 @@ def test_microphone_audio_reaches_the_server_intact(server: DevServer, tmp_path:
     snr = snr_after_alignment(received[: 24000 * 5], reference)
     print(f"end-to-end SNR {rate} Hz {channels} ch: {snr:.1f} dB")
     assert snr >= 40.0, f"SNR {snr:.1f} dB"
+
+
+def test_the_streaming_daemon_never_imports_what_only_its_fallbacks_need(
+        server: DevServer, tmp_path: Path) -> None:
+    """tempfile and ctypes.util (with shutil, bz2 and lzma: 0.56 MB resident for the
+    daemon's whole life) serve only fallbacks: the section that quiets ALSA's stderr
+    while PortAudio opens uses a memory file, libasound loads by its soname, and the
+    status file is written without tempfile. Import times (-X importtime) name every
+    module the real daemon imports while it streams and writes its status."""
+    status = tmp_path / "status.json"
+    with fake_microphone(tmp_path / "mic", rate=48000, channels=2,
+                         signal=np.zeros((48000, 2), dtype=np.int16),
+                         set_environ=False) as mic:
+        config = merge(FAST, {"audio": {"device": mic.device, "rate": 48000, "channels": 2},
+                              "server": {"url": server.url},
+                              "health": {"status_file": str(status)}})
+        env = {**mic.env, "PYTHONPROFILEIMPORTTIME": "1"}
+        with running_daemon(tmp_path, config, env=env) as daemon:
+            assert wait_until(lambda: bool(server.sessions())
+                              and server.sessions()[0].audio_bytes >= 24000 * 2
+                              and status.exists(), 30), daemon.log()
+            assert daemon.stop() == 0
+            log = daemon.log()
+    imported = {line.rsplit("|", 1)[1].strip() for line in log.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2}
+    assert {"numpy", "pyaudio", "edgevoice.audio.alsa_quiet",
+            "edgevoice.health.status"} <= imported, sorted(imported)
+    assert "48000 Hz" in log  # PortAudio opened the microphone (inside the quiet section)
+    assert not imported & {"tempfile", "ctypes.util", "shutil", "bz2", "lzma"}, \
+        sorted(imported & {"tempfile", "ctypes.util", "shutil", "bz2", "lzma"})

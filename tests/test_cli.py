@@ -108,3 +108,14 @@ def test_devserver_with_debian_12s_websockets_says_what_it_needs(
 def test_devserver_with_websockets_13_or_later_is_offered() -> None:
     result = edgevoice("devserver", "--help")
     assert result.returncode == 0 and "--port" in result.stdout
+
+
+@pytest.mark.parametrize("columns", [50, 200])
+def test_help_is_laid_out_to_the_terminals_width(columns: int) -> None:
+    """The parser tells argparse the width itself (argparse would import shutil for it):
+    $COLUMNS is obeyed as shutil.get_terminal_size obeys it."""
+    done = edgevoice("run", "--help", env={"COLUMNS": str(columns)})
+    assert done.returncode == 0, done.stderr
+    widest = max(len(line) for line in done.stdout.splitlines())
+    assert widest <= columns
+    assert widest > (50 if columns == 200 else 40), done.stdout

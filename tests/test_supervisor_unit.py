@@ -8,7 +8,9 @@ Connect attempts still run on the supervisor's own helper threads.
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import signal
 import threading
 import time
@@ -19,12 +21,18 @@ from typing import Any
 import pytest
 from fakes import FakeClock, ScriptedTransport, wait_until
 
+from edgevoice.daemon import uplink as uplink_module
 from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog
+from edgevoice.daemon.replay import (
+    REPLAY_GUARD_S,
+    REPLAY_MARGIN_S,
+    earliest_unread,
+    unread_since,
+)
 from edgevoice.daemon.stats import Stats
 from edgevoice.daemon.supervisor import (
     DRAIN_OLD_SESSION_S,
     IDLE_TICK_S,
-    REPLAY_GUARD_S,
     TICK_S,
     Supervisor,
     Waker,
@@ -172,6 +180,67 @@ def test_replay_after_a_reset_resends_only_what_was_in_flight(rig: Rig) -> None:
     assert rig.appended(1) == [5, 6, 7, 8, 9, 10]  # replayed in order, then live audio
     counters = rig.stats.snapshot()["counters"]
     assert counters["reconnects"] == 1 and counters["connections"] == 2
+
+
+def _heard_at(session: RealtimeSession, at: float) -> bool:
+    return session.last_event_at == at
+
+
+def _stream_with_server_events(rig: Rig, session: RealtimeSession, rng: random.Random,
+                               steps: int) -> list[tuple[float, int]]:
+    """Chunks sent at irregular moments, a server event now and then: (sent at, seq)."""
+    sent: list[tuple[float, int]] = []
+    # At random, then a tail that ends just after an event, in real time: a reset there
+    # replays audio from before that event (failed_at - REPLAY_GUARD_S < last_event_at).
+    events = [rng.random() < 0.15 for _ in range(steps)] + [False] * 3 + [True, False]
+    pauses = [rng.choice([0.02, 0.02, 0.02, 0.3, 1.1]) for _ in range(steps)] + [0.02] * 5
+    for step, (event, pause) in enumerate(zip(events, pauses, strict=True)):
+        if event:
+            rig.transports[0].push({"type": "rate_limits.updated", "event_id": f"ev{step}",
+                                    "rate_limits": []})
+            assert wait_until(functools.partial(_heard_at, session, rig.clock()), 5.0)
+        chunk = rig.capture_chunk()
+        rig.send_all()
+        sent.append((rig.clock(), chunk.seq))
+        rig.clock.advance(pause)
+    return sent
+
+
+@pytest.mark.parametrize("margin", [REPLAY_MARGIN_S, 0.0])
+@pytest.mark.parametrize("seed", range(8))
+def test_the_replay_record_forgets_only_what_no_failure_can_replay(
+        seed: int, margin: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uplink keeps, of what it sent, only what `unread_since` may still ask for; a
+    failure of either kind then replays exactly what the whole record would have given.
+    Without the margin (which covers a race a fake clock never has) the bound itself is
+    what is checked."""
+    monkeypatch.setattr(uplink_module, "REPLAY_MARGIN_S", margin)
+    rng = random.Random(seed)
+    rig = Rig(settings_from_mapping({"reconnect": {"initial_s": 0.1, "max_s": 0.2}}))
+    try:
+        session = connected(rig)
+        sent = _stream_with_server_events(rig, session, rng, steps=rng.randrange(40, 120))
+        last_sent = sent[-1][0]
+        floor = earliest_unread(session, last_sent) - margin
+        kept = [seq for at, seq in sent if at >= floor]
+        assert rig.uplink.kept_for_replay == len(kept)
+        if seed == 0:  # this schedule's server spoke lately: most of the record is gone
+            assert len(kept) < len(sent) // 2, (len(kept), len(sent))
+        error = ConnectionLost("scripted", silent=True) if seed % 2 else None
+        if error is not None:  # the peer stopped reading: the send timed out
+            session.fail(error)
+        else:
+            rig.transports[0].closed = True  # a reset: the reader fails the session
+            rig.pump(session.failed.is_set)
+        failure = session.failure
+        assert isinstance(failure, ConnectionLost)
+        since = unread_since(session, failure)
+        rig.pump(lambda: rig.streaming_to(1), timeout=10.0)
+        rig.send_all()
+        assert rig.appended(1) == [seq for at, seq in sent if at >= since]
+    finally:
+        for s in rig.sessions:
+            s.abort()
 
 
 def test_current_session_fails_while_the_next_one_waits_for_the_switch() -> None:

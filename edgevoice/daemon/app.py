@@ -52,6 +52,7 @@ from edgevoice.realtime.history import History
 from edgevoice.realtime.link import SessionLink
 from edgevoice.realtime.models import retirements
 from edgevoice.realtime.session import RealtimeSession, new_dispatcher
+from edgevoice.realtime.timeline import chunks_to_keep
 from edgevoice.settings import Settings, check_settings, load_settings
 from edgevoice.transcripts.router import TranscriptRouter
 
@@ -193,13 +194,14 @@ class Daemon:
                               api_key: str) -> Callable[[str], SessionLink]:
         parts, dispatcher, uplink = self._parts, self._dispatcher, self._uplink
         server, session_settings = settings.server, settings.session
+        keep = chunks_to_keep(settings.stream.max_utterance_s, settings.audio.chunk_ms)
 
         def make(name: str) -> SessionLink:
             transport = parts.make_transport(server, session_settings.mode, api_key)
             return RealtimeSession(transport, session_settings, dispatcher, uplink,
                                    update_timeout_s=server.session_update_timeout_s,
                                    clock=parts.clock, wall_clock=parts.wall_clock, name=name,
-                                   on_malformed=self._count_malformed)
+                                   on_malformed=self._count_malformed, timeline_keep=keep)
 
         return make
 

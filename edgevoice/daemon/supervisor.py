@@ -29,6 +29,7 @@ from edgevoice.clock import Clock
 from edgevoice.daemon.backlog import ChunkBacklog
 from edgevoice.daemon.backoff import Backoff
 from edgevoice.daemon.ports import CaptureControl, UplinkControl
+from edgevoice.daemon.replay import unread_since
 from edgevoice.daemon.stats import Stats
 from edgevoice.errors import (
     EXIT_OK,
@@ -48,7 +49,6 @@ IDLE_TICK_S = 0.5  # streaming steadily or idle: a session's failure is seen wit
 STOP_BUDGET_S = 1.0  # flush what can be sent on shutdown, then close
 DRAIN_OLD_SESSION_S = 3.0  # after a rollover, let the old session's last events arrive
 QUIET_LOG_AFTER = 5  # consecutive failures logged individually, then one summary line
-REPLAY_GUARD_S = 0.25  # audio in flight when a connection closes or resets
 SWITCH_AFTER_RELOAD_S = 30.0  # a changed server replaces the session by then, quiet or not
 ENDPOINT_RETRY_S = 300.0  # at least this long between tries of a server that rejected us
 STOP_BUDGET_WORKERS_S = 2.5  # every worker asked to stop, then all joined within this
@@ -472,7 +472,7 @@ class Supervisor:
             self._next_attempt_at = now + ENDPOINT_RETRY_S
         elif isinstance(error, AuthError | ConfigError):
             return error
-        self._uplink.detach(replay_since=self._unread_since(session, error))
+        self._uplink.detach(replay_since=unread_since(session, error))
         session.abort()
         self._connected_since = None
         self._stats.reconnect(reconnect_reason(error, session.expired))
@@ -493,17 +493,6 @@ class Supervisor:
                                         now + self._backoff.next_delay(_retry_after(error)))
         self._stats.set(state="offline", last_error=str(error))
         return None
-
-    def _unread_since(self, session: SessionLink, error: EdgeVoiceError) -> float:
-        """From when on the lost session probably never read what it was sent.
-
-        No ack exists for appends, so this is a bound, not knowledge: after a close or
-        reset, the audio in flight when it happened (REPLAY_GUARD_S); after a silent death,
-        everything since the server's last sign of life. The price is a possible duplicate
-        of that much audio, which is better than a hole in the user's speech.
-        """
-        silent = isinstance(error, ConnectionLost) and error.silent
-        return session.last_event_at if silent else session.failed_at - REPLAY_GUARD_S
 
     def _check_stable(self, now: float) -> None:
         since = self._connected_since

@@ -22,6 +22,7 @@ from typing import Any
 from edgevoice.audio.level import SILENCE_DBFS, SPEECH_DBFS
 from edgevoice.clock import Clock
 from edgevoice.daemon.backlog import AudioChunk, ChunkBacklog, ClientEvent, QueuedItem
+from edgevoice.daemon.replay import REPLAY_MARGIN_S, earliest_unread
 from edgevoice.daemon.stats import Stats
 from edgevoice.daemon.worker import Worker
 from edgevoice.errors import ConnectionLost
@@ -33,8 +34,6 @@ WAIT_S = 0.1  # longest wait for an item: pings and an idle switch are checked t
 # No audio for this long after a chunk inside an utterance: the gate closed (or capture
 # stopped). A shorter gap is a capture hiccup: no idle switch, the utterance stays whole.
 UTTERANCE_GAP_S = 0.5
-
-
 class Uplink(Worker):
     def __init__(self, backlog: ChunkBacklog, stats: Stats, clock: Clock = time.monotonic,
                  keep_sent: int = 1500,
@@ -46,7 +45,9 @@ class Uplink(Worker):
         # no, audio queued before it was reached (an outage buffer) is dropped, not sent.
         self._on_audio_sent = on_audio_sent
         self._audio_allowed = audio_allowed
-        # What the current session was sent, newest last: replayed if it dies unread.
+        # What the current session was sent and may not have read, newest last: replayed
+        # if it dies unread. At most `keep_sent` items; usually only those sent since the
+        # server's last event (`_forget_read`).
         self._sent: deque[tuple[float, QueuedItem]] = deque(maxlen=keep_sent)
         self._utterance_at: float | None = None  # when a chunk inside an utterance came
         self._stats = stats
@@ -215,7 +216,9 @@ class Uplink(Worker):
             return
         with self._lock:
             # Recorded even if just detached: then it is the newest item to replay.
-            self._sent.append((self._clock(), item))
+            now = self._clock()
+            self._sent.append((now, item))
+            self._forget_read(session, now)
         if isinstance(item, AudioChunk):
             counts = {"chunks_sent": 1, "audio_bytes_sent": len(item.pcm),
                       "wire_audio_bytes_sent": wire_bytes}  # as encoded (G.711: 1/6)
@@ -232,6 +235,26 @@ class Uplink(Worker):
         if exc.silent:
             self._stats.add("send_timeouts")
         session.fail(exc)
+
+    def _forget_read(self, session: SessionLink, now: float) -> None:
+        """Called with the lock held. Drop what no failure can replay any more: during a
+        conversation the server's events come every few seconds, so the record holds those
+        seconds instead of `stream.outage_buffer_s` (30 s: 2 MB of the daemon's memory).
+        Nothing goes once the session failed or a replay is pending: its bound is set
+        (the worker sends no audio to a failed session, so this covers only a send that
+        was under way when the failure came)."""
+        if self._replay_since is not None or session.failed.is_set():
+            return
+        floor = earliest_unread(session, now) - REPLAY_MARGIN_S
+        sent = self._sent
+        while sent and sent[0][0] < floor:
+            sent.popleft()
+
+    @property
+    def kept_for_replay(self) -> int:
+        """Items (chunks and ordered events) the current session may not have read."""
+        with self._lock:
+            return len(self._sent)
 
     def _requeue_pending(self) -> None:
         """Called with the lock held, from the worker thread only."""

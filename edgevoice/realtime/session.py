@@ -34,7 +34,7 @@ from edgevoice.realtime import protocol
 from edgevoice.realtime.dispatch import EventDispatcher
 from edgevoice.realtime.link import Outbox
 from edgevoice.realtime.protocol import MalformedEvent, ServerError, ServerEvent
-from edgevoice.realtime.timeline import AudioTimeline
+from edgevoice.realtime.timeline import KEEP_CHUNKS, AudioTimeline
 from edgevoice.realtime.transport import Transport
 from edgevoice.settings import SessionSettings
 
@@ -101,6 +101,7 @@ class RealtimeSession:
         wall_clock: Clock = time.time,
         name: str = "session",
         on_malformed: Callable[[str], None] | None = None,
+        timeline_keep: int = KEEP_CHUNKS,
     ) -> None:
         self._transport = transport
         self._settings = settings
@@ -123,7 +124,7 @@ class RealtimeSession:
         now = clock()
         self.last_event_at = now
         self.last_speech_sent_at = 0.0
-        self.timeline = AudioTimeline()
+        self.timeline = AudioTimeline(timeline_keep)
         self.probe_sent_at: float | None = None
         self._probe_id = ""
         self._lock = threading.Lock()
