@@ -47,17 +47,14 @@ def test_chunks_of_unknown_capture_time_move_the_offset_only() -> None:
     assert AudioTimeline().captured_at(0.0) is None
 
 
-@pytest.mark.parametrize(("max_utterance_s", "chunk_ms", "keep"), [
-    (30.0, 20, 6_000),  # the defaults: two minutes
-    (90.0, 20, 7_500),  # the longest utterance and a minute for its transcript
-    (600.0, 20, 33_000),
-    (30.0, 100, 1_200),
-    (30.0, 10, 12_000),
+@pytest.mark.parametrize(("max_utterance_s", "outage_buffer_s", "chunk_ms", "keep"), [
+    (30.0, 30.0, 20, 6_000),  # the defaults: two minutes
+    (90.0, 30.0, 20, 9_000),  # the utterance, the outage buffer behind its replay, a minute
+    (30.0, 300.0, 20, 19_500),
+    (600.0, 0.0, 20, 33_000),
+    (30.0, 30.0, 100, 1_200),
+    (30.0, 30.0, 10, 12_000),
 ])
-def test_a_session_keeps_its_longest_utterance_and_the_wait_for_its_transcript(
-        max_utterance_s: float, chunk_ms: int, keep: int) -> None:
-    assert chunks_to_keep(max_utterance_s, chunk_ms) == keep
-    seconds = keep * chunk_ms / 1000
-    timeline = _filled(keep, keep + 10)
-    assert timeline.captured_at(10 * CHUNK_MS) is not None  # the oldest kept chunk
-    assert seconds >= max(120.0, max_utterance_s + 60.0)
+def test_a_session_keeps_its_longest_utterance_the_outage_and_the_wait_for_a_transcript(
+        max_utterance_s: float, outage_buffer_s: float, chunk_ms: int, keep: int) -> None:
+    assert chunks_to_keep(max_utterance_s, outage_buffer_s, chunk_ms) == keep

@@ -194,7 +194,8 @@ class Daemon:
                               api_key: str) -> Callable[[str], SessionLink]:
         parts, dispatcher, uplink = self._parts, self._dispatcher, self._uplink
         server, session_settings = settings.server, settings.session
-        keep = chunks_to_keep(settings.stream.max_utterance_s, settings.audio.chunk_ms)
+        keep = chunks_to_keep(settings.stream.max_utterance_s, settings.stream.outage_buffer_s,
+                              settings.audio.chunk_ms)
 
         def make(name: str) -> SessionLink:
             transport = parts.make_transport(server, session_settings.mode, api_key)

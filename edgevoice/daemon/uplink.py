@@ -34,6 +34,8 @@ WAIT_S = 0.1  # longest wait for an item: pings and an idle switch are checked t
 # No audio for this long after a chunk inside an utterance: the gate closed (or capture
 # stopped). A shorter gap is a capture hiccup: no idle switch, the utterance stays whole.
 UTTERANCE_GAP_S = 0.5
+
+
 class Uplink(Worker):
     def __init__(self, backlog: ChunkBacklog, stats: Stats, clock: Clock = time.monotonic,
                  keep_sent: int = 1500,

@@ -15,17 +15,19 @@ import threading
 from array import array
 
 # Transcripts come within seconds of an utterance's end, and an utterance is cut at
-# stream.max_utterance_s (30 s by default): the timeline covers the longest utterance and a
-# minute after it, two minutes at least. Kept in C doubles (24 bytes a chunk: 144 kB for two
-# minutes of 20 ms chunks); three deques of Python floats took about 100 bytes a chunk.
+# stream.max_utterance_s (30 s by default). After a reconnect the replayed utterance goes out
+# first and the outage buffer right behind it, at the link's speed, before its transcript
+# comes. So the timeline covers the longest utterance, the outage buffer and a minute, two
+# minutes at least. Kept in C doubles (24 bytes a chunk: 144 kB for two minutes of 20 ms
+# chunks, the defaults); three deques of Python floats took about 100 bytes a chunk.
 KEEP_MIN_S = 120.0
 TRANSCRIPT_WAIT_S = 60.0
 KEEP_CHUNKS = 6_000  # two minutes of 20 ms chunks
 
 
-def chunks_to_keep(max_utterance_s: float, chunk_ms: int) -> int:
+def chunks_to_keep(max_utterance_s: float, outage_buffer_s: float, chunk_ms: int) -> int:
     """How many chunks a session's timeline keeps for these settings."""
-    seconds = max(KEEP_MIN_S, max_utterance_s + TRANSCRIPT_WAIT_S)
+    seconds = max(KEEP_MIN_S, max_utterance_s + outage_buffer_s + TRANSCRIPT_WAIT_S)
     return math.ceil(seconds * 1000 / chunk_ms)
 
 
