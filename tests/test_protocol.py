@@ -206,12 +206,12 @@ def test_skipping_the_delta_string_hides_no_structure(before: str, key: str, dee
     parses within the depth limit is accepted, anything else refused."""
     text = before + key + deep + after
     try:
-        depth: int | None = _depth(json.loads(text))
+        parsed: object = json.loads(text)
     except ValueError:
-        depth = None
-    if depth is not None and depth <= protocol.MAX_JSON_DEPTH \
-            and isinstance(json.loads(text), dict) and "type" in json.loads(text):
-        assert protocol.parse_server_event(text).data == json.loads(text)
+        parsed = None  # not JSON: refused
+    if isinstance(parsed, dict) and "type" in parsed \
+            and _depth(parsed) <= protocol.MAX_JSON_DEPTH:
+        assert protocol.parse_server_event(text).data == parsed
     else:
         with pytest.raises(protocol.MalformedEvent):
             protocol.parse_server_event(text)

@@ -41,6 +41,7 @@ import numpy as np
 import pyaudio
 
 from edgevoice.audio.devices import DeviceEntry, _entries, _selects
+from edgevoice.audio.g711 import PCM_RATE
 from edgevoice.audio.level import SILENCE_DBFS, rms_dbfs
 from edgevoice.audio.playback import Int16Array, PlaybackBuffer, PlaybackStats
 from edgevoice.audio.portaudio_host import PortAudioHost
@@ -51,7 +52,7 @@ from edgevoice.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
 
-WIRE_RATE = 24000
+WIRE_RATE = PCM_RATE  # the answers' rate unless a delta says otherwise (G.711: 8 kHz)
 FALLBACK_RATES = (48000, 44100, 24000)
 BLOCK_MS = 20
 _SPARE = 2  # reset resamplers kept per rate pair (a barge-in may free a few at once)

@@ -44,7 +44,8 @@ REMEMBERED_IDS = 64  # cancelled items and responses kept to drop their late del
 class Speaker(Protocol):
     """Where the answers' audio goes (audio/pyaudio_sink.py, or a fake in tests)."""
 
-    def play(self, item_id: str, content_index: int, pcm: bytes, rate: int = 24000) -> None:
+    def play(self, item_id: str, content_index: int, pcm: bytes,
+             rate: int = protocol.OUTPUT_RATE) -> None:
         """Queue mono PCM16 of one item at `rate` (24 kHz, or 8 kHz decoded G.711)."""
         ...
     def end_of_item(self, item_id: str) -> None: ...

@@ -22,13 +22,15 @@ from array import array
 # chunks, the defaults); three deques of Python floats took about 100 bytes a chunk.
 KEEP_MIN_S = 120.0
 TRANSCRIPT_WAIT_S = 60.0
-KEEP_CHUNKS = 6_000  # two minutes of 20 ms chunks
 
 
 def chunks_to_keep(max_utterance_s: float, outage_buffer_s: float, chunk_ms: int) -> int:
     """How many chunks a session's timeline keeps for these settings."""
     seconds = max(KEEP_MIN_S, max_utterance_s + outage_buffer_s + TRANSCRIPT_WAIT_S)
     return math.ceil(seconds * 1000 / chunk_ms)
+
+
+KEEP_CHUNKS = chunks_to_keep(0.0, 0.0, 20)  # without settings (tests, the doctor): 2 minutes
 
 
 class _Chunks:
